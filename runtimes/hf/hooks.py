@@ -1,0 +1,104 @@
+"""Apply a plan to a transformers model with forward hooks on ``down_proj``'s input.
+
+The input of ``down_proj`` is the vector of neuron activations ``h``.  Each
+hooked layer rewrites only its edited neurons with one gather and one indexed
+write per edit group (``h[..., idx] = h[..., idx] * mult + add``), whatever
+the number of edits.  Edits restricted to prompt or generated positions use a
+mask from :class:`PositionTracker`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+from runtimes.hf.modules import mlp_module
+from runtimes.hf.positions import PositionTracker
+from steerkit.plan import Plan
+
+__all__ = ["HookHandle", "attach", "steered"]
+
+
+class _LayerHook:
+    """The pre-hook of one ``down_proj``: every edit group touching this layer."""
+
+    def __init__(self, groups: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]], tracker: PositionTracker):
+        self.groups = groups  # (positions, neurons, mult, add) on the CPU
+        self.tracker = tracker
+        self._placed: dict[tuple[torch.device, torch.dtype], list] = {}
+
+    def _on(self, device: torch.device, dtype: torch.dtype) -> list:
+        # Move the small index/value tensors once per device and dtype, not per call.
+        key = (device, dtype)
+        if key not in self._placed:
+            self._placed[key] = [
+                (positions, neurons.to(device), mult.to(device, dtype), add.to(device, dtype))
+                for positions, neurons, mult, add in self.groups
+            ]
+        return self._placed[key]
+
+    def __call__(self, module: torch.nn.Module, args: tuple) -> tuple:
+        h = args[0]
+        dim = h.dim() - 1
+        for positions, neurons, mult, add in self._on(h.device, h.dtype):
+            selected = h.index_select(dim, neurons)
+            edited = torch.addcmul(add, selected, mult)
+            if positions != "all":
+                mask = self.tracker.mask(positions, h.device)
+                edited = torch.where(mask.view(-1, 1), edited, selected)
+            h = h.index_copy(dim, neurons, edited) if h.requires_grad else h.index_copy_(dim, neurons, edited)
+        return (h,) + tuple(args[1:])
+
+
+class HookHandle:
+    """Hooks attached to a model; :meth:`remove` takes them all off."""
+
+    def __init__(self, handles: list, tracker: PositionTracker) -> None:
+        self._handles = handles
+        self.tracker = tracker
+
+    def remove(self) -> None:
+        """Remove every hook; the model computes exactly as before."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def set_prompt_length(self, length: int | None) -> None:
+        """Fix the prompt length for forward passes over prompt + answer at once (``None``: automatic)."""
+        self.tracker.fixed_prompt_length = length
+
+
+def attach(model: torch.nn.Module, plan: Plan) -> HookHandle:
+    """Hook ``plan`` into ``model``; return a handle whose ``remove()`` undoes it.
+
+    Every module is resolved before the first hook is added, so a failure
+    never leaves a half-hooked model.  Check profiles against the model with
+    :func:`steerkit.plan.compile_plan` (``model=model_binding(...)``) first.
+
+    >>> handle = attach(model, compile_plan([profile]))   # doctest: +SKIP
+    >>> model.generate(...); handle.remove()
+    """
+    per_layer: dict[int, list] = {}
+    for group in plan.groups:
+        for edits in group.layers:
+            per_layer.setdefault(edits.layer, []).append(
+                (group.positions, torch.from_numpy(edits.neurons), torch.from_numpy(edits.mult), torch.from_numpy(edits.add))
+            )
+    modules = {layer: mlp_module(model, layer).down_proj for layer in per_layer}  # resolve all before hooking
+    tracker = PositionTracker()
+    handles = [model.register_forward_pre_hook(tracker.before_forward, with_kwargs=True)]
+    for layer, groups in per_layer.items():
+        handles.append(modules[layer].register_forward_pre_hook(_LayerHook(groups, tracker)))
+    return HookHandle(handles, tracker)
+
+
+@contextlib.contextmanager
+def steered(model: torch.nn.Module, plan: Plan) -> Iterator[HookHandle]:
+    """Context manager form of :func:`attach`: hooks are removed on exit, even on error."""
+    handle = attach(model, plan)
+    try:
+        yield handle
+    finally:
+        handle.remove()

@@ -1,0 +1,78 @@
+"""Load a steerkit model name as a transformers model and tokenizer.
+
+GGUF sources are dequantized by transformers (through gguf-py) once, then
+cached as a plain safetensors folder keyed by the GGUF's sha256, so later
+loads take about a second and the model is an ordinary, saveable one.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from steerkit.cache import cache_dir
+from steerkit.errors import SteerkitError
+from steerkit.fingerprint import file_sha256
+from steerkit.sources import ModelSource, resolve_model
+
+__all__ = ["hf_folder", "load_model"]
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+
+
+def _convert_gguf(source: ModelSource, target: Path) -> None:
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = {"gguf_file": source.path.name}
+    tokenizer = AutoTokenizer.from_pretrained(source.path.parent, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(source.path.parent, dtype=torch.float32, **kwargs)
+    work = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        model.config.save_pretrained(work)
+        if model.generation_config is not None:
+            model.generation_config.save_pretrained(work)
+        tokenizer.save_pretrained(work)
+        # Tied weights are stored once; from_pretrained re-ties them from the config.
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        if getattr(model.config, "tie_word_embeddings", False):
+            state.pop("lm_head.weight", None)
+        save_file(state, str(work / "model.safetensors"), metadata={"format": "pt"})
+        work.rename(target)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+def hf_folder(model: str | ModelSource | None = None) -> Path:
+    """A Hugging Face folder for the model: the folder itself, or the cached conversion of a GGUF."""
+    source = model if isinstance(model, ModelSource) else resolve_model(model)
+    if source.kind == "hf":
+        return source.path
+    target = cache_dir("hf") / file_sha256(source.path)[:24]
+    if not (target / "model.safetensors").is_file():
+        shutil.rmtree(target, ignore_errors=True)
+        _convert_gguf(source, target)
+    return target
+
+
+def load_model(model: str | ModelSource | None = None, dtype: str = "float32", device: str = "cpu", device_map=None):
+    """``(model, tokenizer)`` for a steerkit model name, in eval mode.
+
+    >>> model, tokenizer = load_model("smollm2-135m")   # doctest: +SKIP
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if dtype not in _DTYPES:
+        raise SteerkitError(f"dtype {dtype!r}: expected one of {', '.join(_DTYPES)}")
+    folder = hf_folder(model)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    kwargs = {"device_map": device_map} if device_map else {}
+    loaded = AutoModelForCausalLM.from_pretrained(folder, dtype=_DTYPES[dtype], **kwargs)
+    if not device_map:
+        loaded = loaded.to(device)
+    return loaded.eval(), tokenizer

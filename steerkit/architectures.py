@@ -1,0 +1,75 @@
+"""The architecture table: every per-architecture fact steerkit relies on.
+
+Architecture differences are data, not ``if arch == ...`` branches spread
+through the code.  Each supported family gets one :class:`ArchSpec` row,
+looked up by the GGUF ``general.architecture`` value or the Hugging Face
+``model_type``.
+
+Conventions recorded here (checked against llama.cpp's converter and
+transformers' modelling code):
+
+* Gemma stores RMSNorm gains as ``w`` and applies ``1 + w`` in transformers,
+  while its GGUF files store ``1 + w`` already.  ``hf_norm_offset`` is what
+  must be added to a Hugging Face norm weight to get the effective gain.
+* Gemma multiplies input embeddings by ``sqrt(d_model)``; the LM head (tied
+  to those embeddings) is not scaled.
+* Gemma 2/3 pass the FFN output through a post-FFN RMSNorm before the
+  residual add, so a constant added after the MLP is not a clamped neuron.
+* llama.cpp's llama-family graphs load an optional ``blk.N.ffn_down.bias``;
+  gemma graphs refuse unknown tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from steerkit.errors import SteerkitError
+
+__all__ = ["ArchSpec", "ARCHITECTURES", "arch_for_gguf", "arch_for_hf"]
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """What steerkit needs to know about one model family."""
+
+    name: str
+    gguf_names: tuple[str, ...]
+    hf_model_types: tuple[str, ...]
+    activation: str  # "silu" (SwiGLU) or "gelu_tanh" (GeGLU)
+    hf_norm_offset: float  # add to HF norm weights to get the gain
+    embedding_scale: bool  # input embeddings scaled by sqrt(d_model)
+    post_ffn_norm: bool  # FFN output is RMS-normalised before the residual add
+    llama_cpp_ffn_down_bias: bool  # llama.cpp loads blk.N.ffn_down.bias
+    # Hugging Face module path of one decoder layer's MLP.
+    hf_mlp_path: str = "model.layers.{layer}.mlp"
+
+
+ARCHITECTURES: tuple[ArchSpec, ...] = (
+    ArchSpec("llama", ("llama",), ("llama",), "silu", 0.0, False, False, True),
+    ArchSpec("mistral", ("mistral",), ("mistral",), "silu", 0.0, False, False, True),
+    ArchSpec("qwen2", ("qwen2",), ("qwen2",), "silu", 0.0, False, False, True),
+    ArchSpec("qwen3", ("qwen3",), ("qwen3",), "silu", 0.0, False, False, True),
+    ArchSpec("gemma2", ("gemma2",), ("gemma2",), "gelu_tanh", 1.0, True, True, False),
+    ArchSpec("gemma3", ("gemma3",), ("gemma3_text", "gemma3"), "gelu_tanh", 1.0, True, True, False),
+)
+
+_SUPPORTED = ", ".join(a.name for a in ARCHITECTURES)
+
+
+def arch_for_gguf(name: str, where: str) -> ArchSpec:
+    """Return the spec for a GGUF ``general.architecture`` value.
+
+    ``where`` names the file, for the error message.
+    """
+    for arch in ARCHITECTURES:
+        if name in arch.gguf_names:
+            return arch
+    raise SteerkitError(f"{where}: unsupported architecture {name!r} (supported: {_SUPPORTED})")
+
+
+def arch_for_hf(model_type: str, where: str) -> ArchSpec:
+    """Return the spec for a Hugging Face ``config.json`` ``model_type``."""
+    for arch in ARCHITECTURES:
+        if model_type in arch.hf_model_types:
+            return arch
+    raise SteerkitError(f"{where}: unsupported model_type {model_type!r} (supported: {_SUPPORTED})")

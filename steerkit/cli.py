@@ -1,0 +1,286 @@
+"""The ``steerkit`` command line.  Each command is a thin wrapper over a library function.
+
+Errors caused by input are printed as one line (``error: ...``) with a
+non-zero exit code; no traceback reaches the user for them.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from steerkit.errors import SteerkitError
+
+app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    help="Steer language models by editing MLP neurons read straight from the weights.",
+)
+
+ModelOption = typer.Option(None, "--model", "-m", help="smollm2-135m (default), gemma3-270m, a .gguf path or a Hugging Face folder.")
+
+
+def _parse_neuron(address: str) -> tuple[int, int]:
+    layer, sep, neuron = address.partition(":")
+    if not sep or not layer.strip().lstrip("-").isdigit() or not neuron.strip().lstrip("-").isdigit():
+        raise SteerkitError(f"neuron {address!r}: expected LAYER:INDEX, e.g. 29:808")
+    return int(layer), int(neuron)
+
+
+def _echo_views(top: dict[str, list[tuple[int, str, float]]]) -> None:
+    from steerkit.vocab import display_token
+
+    for view, entries in top.items():
+        shown = ", ".join(f"{display_token(tok)!r} {p:.3f}" for _, tok, p in entries)
+        typer.echo(f"  {view:7s} {shown}")
+
+
+@app.command("map")
+def map_command(
+    model: Optional[str] = ModelOption,
+    top_k: int = typer.Option(10, "--top-k", "-k", help="Tokens kept per neuron and view."),
+    side: str = typer.Option("both", help="Which views to summarise: read, write or both (the atlas always holds both)."),
+    html: Optional[Path] = typer.Option(None, "--html", help="Also write a self-contained HTML page to browse the atlas."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Copy the atlas (.npz) to this path."),
+) -> None:
+    """Decode every MLP neuron through the final norm and LM head (cached per model)."""
+    from steerkit.atlas import atlas_for
+    from steerkit.atlas_html import word_like_counts, write_atlas_html
+    from steerkit.weights import open_weights
+
+    if side not in ("read", "write", "both"):
+        raise SteerkitError(f"--side {side!r}: expected read, write or both")
+    reader = open_weights(model)
+    atlas = atlas_for(reader, top_k)
+    if output:
+        atlas.save(output)
+    info = reader.info
+    typer.echo(f"atlas of {info.label}: {info.n_layers} layers x {info.d_ff} neurons, top-{atlas.meta['top_k']} per view")
+    counts = word_like_counts(atlas)
+    for name in ("read", "write") if side == "both" else (side,):
+        total = sum(counts[name])
+        typer.echo(f"  {name} side: {total} of {info.n_layers * info.d_ff} neurons have a word-like top token")
+    if output:
+        typer.echo(f"wrote {output}")
+    if html:
+        typer.echo(f"wrote {write_atlas_html(atlas, html)}")
+
+
+@app.command("neuron")
+def neuron_command(
+    address: str = typer.Argument(..., help="LAYER:INDEX, e.g. 29:808"),
+    model: Optional[str] = ModelOption,
+    top_k: int = typer.Option(10, "--top-k", "-k"),
+) -> None:
+    """Show one neuron's read (up_proj row) and write (down_proj column) decodings, both signs."""
+    from steerkit.decode import decode_neuron
+    from steerkit.weights import open_weights
+
+    layer, neuron = _parse_neuron(address)
+    decoded = decode_neuron(open_weights(model), layer, neuron, top_k)
+    typer.echo(f"neuron {layer}:{neuron}")
+    _echo_views(decoded.top)
+
+
+@app.command("find")
+def find_command(
+    word: str = typer.Argument(..., help="A word, e.g. dog"),
+    model: Optional[str] = ModelOption,
+    limit: int = typer.Option(10, "--limit", "-n", help="How many neurons to list."),
+) -> None:
+    """List the neurons that give WORD the highest probability (both sides, both signs)."""
+    from steerkit.atlas import atlas_for
+    from steerkit.decode import VIEWS
+    from steerkit.find import find_word
+    from steerkit.vocab import display_token
+    from steerkit.weights import open_weights
+
+    from steerkit.vocab import word_variants
+
+    reader = open_weights(model)
+    word_variants(word, reader.tokens())  # refuse a bad word before building an atlas
+    atlas = atlas_for(reader)
+    variants, hits = find_word(reader, atlas, word, limit)
+    typer.echo(f"{word!r} as tokens: {', '.join(repr(display_token(t)) for _, t in variants)}")
+    for hit in hits:
+        view = [v.label for v in VIEWS].index(hit.view)
+        top = ", ".join(repr(display_token(atlas.vocab[i])) for i in atlas.token_ids[hit.layer, hit.neuron, view, :5])
+        typer.echo(f"  {hit.layer}:{hit.neuron:<5d} {hit.view:7s} p={hit.prob:.3f}  {top}")
+
+
+@app.command("compare")
+def compare_command(model_a: str, model_b: str) -> None:
+    """Share of neurons whose top token is the same in two models of identical shape."""
+    from steerkit.atlas import atlas_for
+    from steerkit.compare import compare_atlases
+    from steerkit.weights import open_weights
+
+    result = compare_atlases(atlas_for(open_weights(model_a)), atlas_for(open_weights(model_b)))
+    typer.echo(f"{result.n_neurons} neurons; share keeping their top-1 token:")
+    for view, share in result.same_top1.items():
+        typer.echo(f"  {view:7s} {100 * share:.1f}%")
+
+
+ProfileOption = typer.Option([], "--profile", "-p", help="A profile file or the name of a shipped profile; repeat to combine.")
+
+
+@app.command("validate")
+def validate_command(
+    profile: Path = typer.Argument(..., help="Profile YAML file."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Also check the profile fits this model."),
+) -> None:
+    """Check a profile file (and, with --model, that it fits the model)."""
+    from steerkit.plan import compile_plan
+    from steerkit.profile import ModelBinding, load_profile, vocab_sha256
+
+    loaded = load_profile(profile)
+    if model:
+        from steerkit.weights import open_weights
+
+        reader = open_weights(model)
+        info = reader.info
+        binding = ModelBinding(info.arch.name, info.n_layers, info.d_model, info.d_ff, info.vocab_size,
+                               vocab_sha256(reader.tokens()))
+        compile_plan([loaded], binding)
+    typer.echo(f"{profile}: ok ({loaded.name}: {len(loaded.edits)} edits, positions {loaded.positions}, strength {loaded.strength})")
+
+
+def _session(model: Optional[str], profiles: list[str], strength: Optional[float], dtype: str, device: str):
+    from steerkit.session import SteeringSession
+
+    session = SteeringSession(model, dtype, device, strength=strength)
+    for name in profiles:
+        session.add_profile(name)
+    return session
+
+
+@app.command("generate")
+def generate_command(
+    prompt: str = typer.Argument(..., help="The user message."),
+    model: Optional[str] = ModelOption,
+    profile: list[str] = ProfileOption,
+    strength: Optional[float] = typer.Option(None, "--strength", "-s", help="Override every profile's strength."),
+    max_tokens: int = typer.Option(60, "--max-tokens", "-n"),
+    temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 = greedy."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    dtype: str = typer.Option("float32", "--dtype"),
+    device: str = typer.Option("cpu", "--device"),
+) -> None:
+    """Answer PROMPT with the model, steered by the given profiles (streams the text)."""
+    session = _session(model, profile, strength, dtype, device)
+    session.generate(prompt, max_tokens, temperature, seed, on_text=lambda text: typer.echo(text, nl=False))
+    typer.echo()
+
+
+_CHAT_HELP = """commands: /profile FILE-or-NAME (add), /clear (drop all profiles), /strength S, /off, /on,
+          /edits (show active edits), /reset (forget the conversation), /quit"""
+
+
+@app.command("chat")
+def chat_command(
+    model: Optional[str] = ModelOption,
+    profile: list[str] = ProfileOption,
+    strength: Optional[float] = typer.Option(None, "--strength", "-s"),
+    max_tokens: int = typer.Option(200, "--max-tokens", "-n"),
+    temperature: float = typer.Option(0.0, "--temperature", "-t"),
+    dtype: str = typer.Option("float32", "--dtype"),
+    device: str = typer.Option("cpu", "--device"),
+) -> None:
+    """Interactive chat; switch profiles, strength and steering on/off between turns."""
+    session = _session(model, profile, strength, dtype, device)
+    history: list[dict] = []
+    typer.echo(_CHAT_HELP)
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            break
+        if not line:
+            continue
+        if line.startswith("/"):
+            command, _, argument = line.partition(" ")
+            try:
+                if command == "/quit":
+                    break
+                elif command == "/profile":
+                    added = session.add_profile(argument.strip())
+                    typer.echo(f"added {added.name} ({len(added.edits)} edits)")
+                elif command == "/clear":
+                    session.profiles.clear()
+                    typer.echo("no profiles active")
+                elif command == "/strength":
+                    try:
+                        session.strength = float(argument)
+                    except ValueError:
+                        raise SteerkitError(f"/strength {argument!r}: expected a number") from None
+                    typer.echo(f"strength {session.strength}")
+                elif command in ("/off", "/on"):
+                    session.enabled = command == "/on"
+                    typer.echo(f"steering {'on' if session.enabled else 'off'}")
+                elif command == "/edits":
+                    _show_edits(session)
+                elif command == "/reset":
+                    history.clear()
+                    typer.echo("conversation cleared")
+                else:
+                    typer.echo(_CHAT_HELP)
+            except SteerkitError as exc:
+                typer.echo(f"error: {exc}")
+            continue
+        history.append({"role": "user", "content": line})
+        typer.echo("bot> ", nl=False)
+        answer = session.generate(list(history), max_tokens, temperature, on_text=lambda t: typer.echo(t, nl=False))
+        typer.echo()
+        history.append({"role": "assistant", "content": answer})
+
+
+def _show_edits(session) -> None:
+    if not session.profiles:
+        typer.echo("no profiles active")
+    typer.echo(f"steering {'on' if session.enabled else 'off'}, strength {session.strength or 'per profile'}")
+    for profile in session.profiles:
+        typer.echo(f"  {profile.name} (positions {profile.positions}):")
+        for edit in profile.edits:
+            typer.echo(f"    {edit.layer}:{edit.neuron} {edit.op} {edit.value:g}  {' '.join(edit.tokens[:5])}")
+
+
+@app.command("steer")
+def steer_command(
+    concept: str = typer.Argument(..., help="A concept with a shipped profile, e.g. dog"),
+    prompt: str = typer.Argument(..., help="The user message."),
+    model: Optional[str] = ModelOption,
+    max_tokens: int = typer.Option(60, "--max-tokens", "-n"),
+) -> None:
+    """Show the unsteered and steered answers to PROMPT for CONCEPT's shipped profile."""
+    from steerkit.session import shipped_profile
+
+    if shipped_profile(concept) is None:
+        raise SteerkitError(
+            f"no shipped profile for {concept!r} in profiles/; automatic discovery from a word is not implemented yet"
+        )
+    session = _session(model, [concept], None, "float32", "cpu")
+    session.enabled = False
+    plain = session.generate(prompt, max_tokens)
+    session.enabled = True
+    steered_text = session.generate(prompt, max_tokens)
+    typer.echo(f"--- unsteered ---\n{plain.strip()}\n--- steered ({concept}) ---\n{steered_text.strip()}")
+
+
+def main() -> None:
+    """Entry point: run the app, turning user errors into one line and exit code 1."""
+    try:
+        app()
+    except SteerkitError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

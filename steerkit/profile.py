@@ -1,0 +1,311 @@
+"""Steering profiles: the YAML format, its strict validation, and loading/saving.
+
+A profile names MLP neurons and what to do to their activation ``h``:
+
+========  =========================  ===========================
+op        effect                     affine form ``h*mult + add``
+========  =========================  ===========================
+clamp c   ``h = c``                  mult 0, add c
+scale s   ``h = s*h``                mult s, add 0
+add a     ``h = h + a``              mult 1, add a
+ablate    ``h = 0``                  mult 0, add 0
+========  =========================  ===========================
+
+``strength`` multiplies the edit: clamp and add values are multiplied by it,
+a scale factor ``s`` becomes ``1 + strength*(s - 1)``; ablate becomes scale 0.
+
+Example (format version 1)::
+
+    steerkit: 1
+    name: dog
+    description: talk about dogs
+    model: {arch: llama, n_layers: 30, d_model: 576, d_ff: 1536, vocab_size: 49152,
+            vocab_sha256: 5f1c...}
+    positions: all          # all | prompt | generated
+    strength: 1.0
+    edits:
+      - {layer: 29, neuron: 808, op: clamp, value: 30, tokens: [dog, dogs], score: 0.41}
+
+Errors name the file, line and field.  YAML is read with a safe loader (no
+object construction) and files over 1 MiB are refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from steerkit.cache import atomic_write
+from steerkit.errors import SteerkitError
+
+__all__ = ["Edit", "ModelBinding", "Profile", "load_profile", "parse_profile", "save_profile", "vocab_sha256", "OPS", "POSITIONS"]
+
+FORMAT_VERSION = 1
+MAX_PROFILE_BYTES = 1 << 20
+OPS = ("clamp", "scale", "add", "ablate")
+POSITIONS = ("all", "prompt", "generated")
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One neuron edit.  ``value`` is the clamp value, scale factor or offset (unused for ablate)."""
+
+    layer: int
+    neuron: int
+    op: str
+    value: float = 0.0
+    tokens: tuple[str, ...] = ()  # informational: what the neuron decodes to
+    score: float | None = None  # informational: how discovery ranked it
+
+    def affine(self, strength: float = 1.0) -> tuple[float, float]:
+        """``(mult, add)`` so that the edited activation is ``h*mult + add``."""
+        if self.op == "clamp":
+            return 0.0, self.value * strength
+        if self.op == "add":
+            return 1.0, self.value * strength
+        if self.op == "scale":
+            return 1.0 + strength * (self.value - 1.0), 0.0
+        return 1.0 - strength, 0.0  # ablate = scale by 0
+
+
+@dataclass(frozen=True)
+class ModelBinding:
+    """The model a profile was made for: shapes plus a hash of the vocabulary.
+
+    The vocabulary hash is the same for the GGUF and Hugging Face copies of a
+    model, so one profile serves both runtimes.
+    """
+
+    arch: str
+    n_layers: int
+    d_model: int
+    d_ff: int
+    vocab_size: int
+    vocab_sha256: str | None = None
+
+
+@dataclass
+class Profile:
+    """A validated steering profile."""
+
+    name: str
+    model: ModelBinding
+    edits: list[Edit]
+    description: str = ""
+    positions: str = "all"
+    strength: float = 1.0
+    provenance: dict[str, Any] = field(default_factory=dict)
+    source: str = "<profile>"  # where it was read from, for messages
+
+
+def vocab_sha256(tokens: list[str]) -> str:
+    """Hash of a vocabulary's token strings, in id order."""
+    return hashlib.sha256("\0".join(tokens).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class _LineLoader(yaml.SafeLoader):
+    """A safe loader whose mappings remember the line of each key."""
+
+
+class _Mapping(dict):
+    line: int = 0
+    key_lines: dict
+
+
+def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> _Mapping:
+    mapping = _Mapping()
+    mapping.line = node.start_mark.line + 1
+    mapping.key_lines = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, str):
+            raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is not a string", key_node.start_mark)
+        if key in mapping:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        mapping[key] = loader.construct_object(value_node, deep=True)
+        mapping.key_lines[key] = key_node.start_mark.line + 1
+    return mapping
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+class _Checker:
+    """Field checks that produce ``file:line: field: problem`` errors."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, mapping: Any, key: str | None, path: str, problem: str) -> SteerkitError:
+        line = getattr(mapping, "key_lines", {}).get(key) if key else None
+        line = line or getattr(mapping, "line", None)
+        where = f"{self.source}:{line}" if line else self.source
+        return SteerkitError(f"{where}: {path}: {problem}")
+
+    def mapping(self, value: Any, parent: Any, key: str | None, path: str, allowed: set[str], required: set[str]) -> dict:
+        if not isinstance(value, dict):
+            raise self.fail(parent, key, path, f"expected a mapping, got {type(value).__name__}")
+        for name in value:
+            if name not in allowed:
+                raise self.fail(value, name, f"{path}.{name}" if path else name, f"unknown field (allowed: {', '.join(sorted(allowed))})")
+        for name in sorted(required):
+            if name not in value:
+                raise self.fail(value, None, path or "profile", f"missing required field {name!r}")
+        return value
+
+    def integer(self, mapping: dict, key: str, path: str, low: int = 0, high: int | None = None) -> int:
+        value = mapping[key]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(mapping, key, path, f"expected an integer, got {value!r}")
+        if value < low or (high is not None and value > high):
+            raise self.fail(mapping, key, path, f"{value} out of range {low}..{high if high is not None else 'inf'}")
+        return value
+
+    def number(self, mapping: dict, key: str, path: str) -> float:
+        value = mapping[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.fail(mapping, key, path, f"expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise self.fail(mapping, key, path, f"expected a finite number, got {value!r}")
+        return float(value)
+
+    def string(self, mapping: dict, key: str, path: str, choices: tuple[str, ...] | None = None) -> str:
+        value = mapping[key]
+        if not isinstance(value, str):
+            raise self.fail(mapping, key, path, f"expected a string, got {value!r}")
+        if choices and value not in choices:
+            raise self.fail(mapping, key, path, f"{value!r} is not one of {', '.join(choices)}")
+        return value
+
+
+_TOP_FIELDS = {"steerkit", "name", "description", "model", "positions", "strength", "edits", "provenance"}
+_MODEL_FIELDS = {"arch", "n_layers", "d_model", "d_ff", "vocab_size", "vocab_sha256"}
+_EDIT_FIELDS = {"layer", "neuron", "op", "value", "tokens", "score"}
+
+
+def parse_profile(text: str, source: str = "<profile>") -> Profile:
+    """Parse and validate profile YAML text; ``source`` names it in errors."""
+    check = _Checker(source)
+    try:
+        data = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - _LineLoader is a SafeLoader
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = f":{mark.line + 1}" if mark else ""
+        raise SteerkitError(f"{source}{line}: YAML syntax error: {exc.problem or exc.context}") from exc
+    except yaml.YAMLError as exc:
+        raise SteerkitError(f"{source}: YAML error: {exc}") from exc
+    except RecursionError as exc:
+        raise SteerkitError(f"{source}: YAML nested too deeply") from exc
+    top = check.mapping(data, None, None, "", _TOP_FIELDS, {"steerkit", "name", "model", "edits"})
+    version = check.integer(top, "steerkit", "steerkit", 1)
+    if version != FORMAT_VERSION:
+        raise check.fail(top, "steerkit", "steerkit", f"unsupported format version {version} (this steerkit reads {FORMAT_VERSION})")
+    name = check.string(top, "name", "name")
+    description = check.string(top, "description", "description") if "description" in top else ""
+    positions = check.string(top, "positions", "positions", POSITIONS) if "positions" in top else "all"
+    strength = check.number(top, "strength", "strength") if "strength" in top else 1.0
+
+    model_map = check.mapping(top["model"], top, "model", "model", _MODEL_FIELDS, _MODEL_FIELDS - {"vocab_sha256"})
+    binding = ModelBinding(
+        arch=check.string(model_map, "arch", "model.arch"),
+        n_layers=check.integer(model_map, "n_layers", "model.n_layers", 1),
+        d_model=check.integer(model_map, "d_model", "model.d_model", 1),
+        d_ff=check.integer(model_map, "d_ff", "model.d_ff", 1),
+        vocab_size=check.integer(model_map, "vocab_size", "model.vocab_size", 1),
+        vocab_sha256=check.string(model_map, "vocab_sha256", "model.vocab_sha256") if "vocab_sha256" in model_map else None,
+    )
+
+    if not isinstance(top["edits"], list):
+        raise check.fail(top, "edits", "edits", "expected a list of edits")
+    edits: list[Edit] = []
+    seen: dict[tuple[int, int], int] = {}
+    for index, item in enumerate(top["edits"]):
+        path = f"edits[{index}]"
+        entry = check.mapping(item, top, "edits", path, _EDIT_FIELDS, {"layer", "neuron", "op"})
+        op = check.string(entry, "op", f"{path}.op", OPS)
+        if op != "ablate" and "value" not in entry:
+            raise check.fail(entry, None, path, f"op {op} needs a 'value'")
+        tokens = entry.get("tokens", [])
+        if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+            raise check.fail(entry, "tokens", f"{path}.tokens", "expected a list of strings")
+        edit = Edit(
+            layer=check.integer(entry, "layer", f"{path}.layer", 0, binding.n_layers - 1),
+            neuron=check.integer(entry, "neuron", f"{path}.neuron", 0, binding.d_ff - 1),
+            op=op,
+            value=check.number(entry, "value", f"{path}.value") if "value" in entry else 0.0,
+            tokens=tuple(tokens),
+            score=check.number(entry, "score", f"{path}.score") if "score" in entry else None,
+        )
+        key = (edit.layer, edit.neuron)
+        if key in seen:
+            raise check.fail(entry, None, path, f"neuron {edit.layer}:{edit.neuron} is already edited by edits[{seen[key]}]")
+        seen[key] = index
+        edits.append(edit)
+    provenance = top.get("provenance", {})
+    if not isinstance(provenance, dict):
+        raise check.fail(top, "provenance", "provenance", "expected a mapping")
+    return Profile(name, binding, edits, description, positions, strength, _plain(provenance), source)
+
+
+def _plain(value: Any) -> Any:
+    # Strip the line-tracking mapping type so the profile dumps as plain YAML.
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def load_profile(path: str | Path) -> Profile:
+    """Read and validate a profile file (at most 1 MiB)."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_PROFILE_BYTES:
+            raise SteerkitError(f"{path}: profile is {size} bytes, over the {MAX_PROFILE_BYTES}-byte limit")
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SteerkitError(f"{path}: not UTF-8 text") from exc
+    except OSError as exc:
+        raise SteerkitError(f"{path}: cannot read profile ({exc.strerror})") from exc
+    return parse_profile(text, str(path))
+
+
+def profile_to_dict(profile: Profile) -> dict[str, Any]:
+    """The YAML-ready mapping of a profile (informational fields omitted when empty)."""
+    edits = []
+    for edit in profile.edits:
+        entry: dict[str, Any] = {"layer": edit.layer, "neuron": edit.neuron, "op": edit.op}
+        if edit.op != "ablate":
+            entry["value"] = edit.value
+        if edit.tokens:
+            entry["tokens"] = list(edit.tokens)
+        if edit.score is not None:
+            entry["score"] = edit.score
+        edits.append(entry)
+    model = {k: v for k, v in asdict(profile.model).items() if v is not None}
+    data: dict[str, Any] = {"steerkit": FORMAT_VERSION, "name": profile.name, "description": profile.description,
+                            "model": model, "positions": profile.positions, "strength": profile.strength, "edits": edits}
+    if profile.provenance:
+        data["provenance"] = profile.provenance
+    return data
+
+
+def dump_profile(profile: Profile) -> str:
+    """Profile as YAML text (edits one per line)."""
+    data = profile_to_dict(profile)
+    edits = data.pop("edits")
+    text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    text += "edits:\n" + "".join(f"  - {yaml.safe_dump(e, default_flow_style=True, allow_unicode=True, width=1000).strip()}\n" for e in edits)
+    return text
+
+
+def save_profile(profile: Profile, path: str | Path) -> None:
+    """Write a profile as YAML, atomically."""
+    with atomic_write(path, suffix=".yaml") as tmp:
+        tmp.write_text(dump_profile(profile), encoding="utf-8")

@@ -1,0 +1,75 @@
+"""The reader interface shared by the GGUF and Hugging Face weight readers."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+from steerkit.architectures import ArchSpec
+from steerkit.errors import SteerkitError
+
+__all__ = ["ModelInfo", "WeightReader"]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Shapes and conventions of one model, independent of its file format."""
+
+    arch: ArchSpec
+    n_layers: int
+    d_model: int
+    d_ff: int
+    vocab_size: int
+    rms_eps: float
+    label: str  # how to name the model in messages
+
+
+class WeightReader(ABC):
+    """Per-layer access to the weights neuron decoding needs (float32 numpy)."""
+
+    info: ModelInfo
+
+    @abstractmethod
+    def up_rows(self, layer: int) -> np.ndarray:
+        """``up_proj`` weight ``[d_ff, d_model]``: row j is what neuron j reads."""
+
+    @abstractmethod
+    def gate_rows(self, layer: int) -> np.ndarray:
+        """``gate_proj`` weight ``[d_ff, d_model]``."""
+
+    @abstractmethod
+    def down_cols(self, layer: int) -> np.ndarray:
+        """``down_proj`` weight transposed, ``[d_ff, d_model]``: row j is what neuron j writes."""
+
+    @abstractmethod
+    def norm_gain(self) -> np.ndarray:
+        """The effective final RMSNorm gain ``[d_model]`` (Gemma's +1 applied)."""
+
+    @abstractmethod
+    def unembedding(self) -> np.ndarray:
+        """The LM head ``[vocab, d_model]`` (the tied embedding where there is no separate head)."""
+
+    @abstractmethod
+    def tokens(self) -> list[str]:
+        """The vocabulary's token strings as stored (``Ġ``/``▁`` space markers kept)."""
+
+    @abstractmethod
+    def fingerprint(self) -> str:
+        """sha256 of the model's files: the key of everything cached about it."""
+
+    def check_layer(self, layer: int) -> None:
+        """Raise a one-line error unless ``layer`` exists."""
+        if not 0 <= layer < self.info.n_layers:
+            raise SteerkitError(
+                f"{self.info.label}: layer {layer} out of range (model has layers 0..{self.info.n_layers - 1})"
+            )
+
+    def check_neuron(self, layer: int, neuron: int) -> None:
+        """Raise a one-line error unless neuron ``layer:neuron`` exists."""
+        self.check_layer(layer)
+        if not 0 <= neuron < self.info.d_ff:
+            raise SteerkitError(
+                f"{self.info.label}: neuron {layer}:{neuron} out of range (layers have neurons 0..{self.info.d_ff - 1})"
+            )

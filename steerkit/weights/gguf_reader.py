@@ -1,0 +1,125 @@
+"""Weights from a GGUF file, read with gguf-py and dequantized one tensor at a time.
+
+GGUF stores a matrix with ``ne[0]`` as the contiguous (input) dimension, so
+gguf-py's ``tensor.data`` is laid out like PyTorch's ``[out, in]``: the
+``ffn_up`` rows are neurons, and the ``ffn_down`` columns are neurons.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from gguf import GGUFReader, MODEL_TENSOR, TENSOR_NAMES
+from gguf.quants import dequantize
+
+from steerkit.architectures import arch_for_gguf
+from steerkit.errors import SteerkitError
+from steerkit.fingerprint import file_sha256
+from steerkit.weights.base import ModelInfo, WeightReader
+
+__all__ = ["GGUFWeights", "open_gguf"]
+
+_GGUF_MAGIC = b"GGUF"
+
+
+def open_gguf(path: Path) -> GGUFReader:
+    """Open a GGUF file read-only, turning every failure into a one-line error."""
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            magic = handle.read(4)
+    except OSError as exc:
+        raise SteerkitError(f"{path}: cannot read ({exc.strerror})") from exc
+    if magic != _GGUF_MAGIC:
+        raise SteerkitError(f"{path}: not a GGUF file (bad magic {magic!r})")
+    try:
+        reader = GGUFReader(path, "r")
+    except Exception as exc:  # gguf-py raises assorted types on damaged files
+        raise SteerkitError(f"{path}: damaged or truncated GGUF ({type(exc).__name__}: {exc})") from exc
+    size = path.stat().st_size
+    for tensor in reader.tensors:
+        if tensor.data_offset + tensor.n_bytes > size:
+            raise SteerkitError(f"{path}: truncated GGUF (tensor {tensor.name} runs past the end of the file)")
+    return reader
+
+
+def _field(reader: GGUFReader, key: str, path: Path, default=None):
+    field = reader.fields.get(key)
+    if field is None:
+        if default is not None:
+            return default
+        raise SteerkitError(f"{path}: GGUF metadata key {key!r} is missing")
+    value = field.contents()
+    if isinstance(value, list):  # per-layer arrays (e.g. feed_forward_length): take the first
+        value = value[0]
+    return value
+
+
+class GGUFWeights(WeightReader):
+    """:class:`WeightReader` over a GGUF file (memory-mapped; nothing loaded up front)."""
+
+    def __init__(self, path: Path, label: str | None = None) -> None:
+        self.path = Path(path)
+        self.reader = open_gguf(self.path)
+        arch_name = str(_field(self.reader, "general.architecture", self.path))
+        arch = arch_for_gguf(arch_name, str(self.path))
+        self._tensors = {t.name: t for t in self.reader.tensors}
+        self._token_strings: list[str] | None = None
+        token_embd = self._tensor("token_embd.weight")
+        self.info = ModelInfo(
+            arch=arch,
+            n_layers=int(_field(self.reader, f"{arch_name}.block_count", self.path)),
+            d_model=int(_field(self.reader, f"{arch_name}.embedding_length", self.path)),
+            d_ff=int(_field(self.reader, f"{arch_name}.feed_forward_length", self.path)),
+            vocab_size=int(self._tensor("output.weight", token_embd).shape[1]),
+            rms_eps=float(_field(self.reader, f"{arch_name}.attention.layer_norm_rms_epsilon", self.path, 1e-6)),
+            label=label or str(self.path),
+        )
+
+    def _tensor(self, name: str, fallback=None):
+        tensor = self._tensors.get(name, fallback)
+        if tensor is None:
+            raise SteerkitError(f"{self.path}: tensor {name!r} is missing (is this a complete model?)")
+        return tensor
+
+    def _matrix(self, kind: MODEL_TENSOR, layer: int) -> np.ndarray:
+        self.check_layer(layer)
+        name = TENSOR_NAMES[kind].format(bid=layer) + ".weight"
+        tensor = self._tensor(name)
+        try:
+            values = dequantize(tensor.data, tensor.tensor_type)
+        except NotImplementedError as exc:
+            raise SteerkitError(
+                f"{self.path}: tensor {name} has type {tensor.tensor_type.name}, which gguf-py cannot dequantize"
+            ) from exc
+        return np.array(values, dtype=np.float32)  # a writable copy, not a view of the mmap
+
+    def up_rows(self, layer: int) -> np.ndarray:
+        return self._matrix(MODEL_TENSOR.FFN_UP, layer)
+
+    def gate_rows(self, layer: int) -> np.ndarray:
+        return self._matrix(MODEL_TENSOR.FFN_GATE, layer)
+
+    def down_cols(self, layer: int) -> np.ndarray:
+        return np.ascontiguousarray(self._matrix(MODEL_TENSOR.FFN_DOWN, layer).T)
+
+    def norm_gain(self) -> np.ndarray:
+        # Gemma's GGUF norm weights already hold 1 + w: no offset here.
+        tensor = self._tensor("output_norm.weight")
+        return np.array(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32).reshape(-1)
+
+    def unembedding(self) -> np.ndarray:
+        tensor = self._tensor("output.weight", self._tensors.get("token_embd.weight"))
+        return np.array(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
+
+    def tokens(self) -> list[str]:
+        if self._token_strings is None:
+            field = self.reader.fields.get("tokenizer.ggml.tokens")
+            strings = list(field.contents()) if field is not None else []
+            strings += [f"<#{i}>" for i in range(len(strings), self.info.vocab_size)]
+            self._token_strings = strings[: self.info.vocab_size]
+        return self._token_strings
+
+    def fingerprint(self) -> str:
+        return file_sha256(self.path)

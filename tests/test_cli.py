@@ -1,0 +1,58 @@
+"""The CLI: commands work on tiny models, and bad input ends in one line with a non-zero exit."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tiny_models import save_gguf, tiny_model
+
+
+def run_cli(*args: str, env_cache=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "steerkit.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def gguf(tmp_path):
+    return str(save_gguf(tiny_model("llama"), tmp_path / "m.gguf"))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["neuron", "1:999"], "out of range"),
+        (["neuron", "dog"], "expected LAYER:INDEX"),
+        (["find", "zebra"], "not a single token"),
+        (["find", ""], "empty"),
+        (["map", "--side", "up"], "--side"),
+        (["map", "--top-k", "0"], "top-k"),
+    ],
+)
+def test_bad_input_is_one_line(gguf, args, message):
+    result = run_cli(*args, "--model", gguf)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0] == lines[-1] and message in errors[0], result.stderr
+
+
+def test_unknown_model_is_one_line():
+    result = run_cli("neuron", "0:0", "--model", "gpt-9")
+    assert result.returncode == 1 and result.stderr.strip().count("\n") == 0
+    assert "unknown model 'gpt-9'" in result.stderr
+
+
+def test_map_neuron_find_compare(gguf, tmp_path):
+    html = tmp_path / "atlas.html"
+    result = run_cli("map", "--model", gguf, "--html", str(html), "-o", str(tmp_path / "atlas.npz"))
+    assert result.returncode == 0, result.stderr
+    assert "3 layers x 48 neurons" in result.stdout and html.is_file() and (tmp_path / "atlas.npz").is_file()
+    result = run_cli("neuron", "2:5", "--model", gguf)
+    assert result.returncode == 0 and "read+" in result.stdout and "write-" in result.stdout
+    result = run_cli("find", "dog", "--model", gguf)
+    assert result.returncode == 0 and "'dog'" in result.stdout
+    result = run_cli("compare", gguf, gguf)
+    assert result.returncode == 0 and "read+   100.0%" in result.stdout

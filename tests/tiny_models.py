@@ -1,0 +1,96 @@
+"""Tiny random transformers models of every supported architecture, saved as HF folders and GGUFs.
+
+The GGUF writer follows llama.cpp's conventions: ``[out, in]`` tensors,
+Gemma norm weights stored with +1 added, tied LM head = ``token_embd``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from gguf import GGUFWriter
+
+# model_type -> (config class name, GGUF architecture name)
+ARCHS = {
+    "llama": ("LlamaConfig", "llama"),
+    "mistral": ("MistralConfig", "mistral"),
+    "qwen2": ("Qwen2Config", "qwen2"),
+    "qwen3": ("Qwen3Config", "qwen3"),
+    "gemma2": ("Gemma2Config", "gemma2"),
+    "gemma3_text": ("Gemma3TextConfig", "gemma3"),
+}
+
+VOCAB = 96
+WORDS = ["dog", "Ġdog", "Dog", "Ġdogs", "cat", "Ġcat"]
+
+
+def tiny_tokens() -> list[str]:
+    """A small byte-BPE-looking vocabulary with a few real words."""
+    return WORDS + [f"t{i}" for i in range(len(WORDS), VOCAB - 2)] + ["Ġthe", "Ġand"]
+
+
+def tiny_config(model_type: str, **overrides):
+    import transformers
+
+    cls = getattr(transformers, ARCHS[model_type][0])
+    kwargs = dict(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, max_position_embeddings=128, rms_norm_eps=1e-6,
+        tie_word_embeddings=model_type.startswith("gemma") or model_type == "llama",
+        pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )
+    if model_type.startswith("gemma"):
+        kwargs.update(query_pre_attn_scalar=8, sliding_window=16)
+    kwargs.update(overrides)
+    return cls(**kwargs)
+
+
+def tiny_model(model_type: str, seed: int = 0, **overrides):
+    """A random-init causal LM; norm weights randomised too so conventions are exercised."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(model_type, **overrides), dtype=torch.float32)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight"):
+                param.normal_(0.0, 0.3) if model_type.startswith("gemma") else param.normal_(1.0, 0.3)
+            elif param.dim() == 2:
+                param.normal_(0.0, 0.5)
+    return model.eval()
+
+
+def save_hf(model, folder: Path) -> Path:
+    """Save as a Hugging Face folder (config + safetensors)."""
+    model.save_pretrained(folder)
+    return folder
+
+
+def save_gguf(model, path: Path, tokens: list[str] | None = None) -> Path:
+    """Write the MLP, final norm and embeddings of ``model`` as an F32 GGUF the way llama.cpp's converter would."""
+    config = model.config
+    arch = ARCHS[config.model_type][1]
+    gemma = config.model_type.startswith("gemma")
+    state = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+    writer = GGUFWriter(str(path), arch)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens or tiny_tokens())
+    writer.add_tensor("token_embd.weight", state["model.embed_tokens.weight"])
+    norm = state["model.norm.weight"] + (1.0 if gemma else 0.0)
+    writer.add_tensor("output_norm.weight", norm.astype(np.float32))
+    if "lm_head.weight" in state and not config.tie_word_embeddings:
+        writer.add_tensor("output.weight", state["lm_head.weight"])
+    for i in range(config.num_hidden_layers):
+        for ours, theirs in (("ffn_up", "up_proj"), ("ffn_gate", "gate_proj"), ("ffn_down", "down_proj")):
+            writer.add_tensor(f"blk.{i}.{ours}.weight", state[f"model.layers.{i}.mlp.{theirs}.weight"])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
