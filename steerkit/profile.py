@@ -301,7 +301,7 @@ def dump_profile(profile: Profile) -> str:
     data = profile_to_dict(profile)
     edits = data.pop("edits")
     text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
-    text += "edits:\n" + "".join(f"  - {yaml.safe_dump(e, default_flow_style=True, allow_unicode=True, width=1000).strip()}\n" for e in edits)
+    text += "edits:\n" + "".join(f"  - {yaml.safe_dump(e, default_flow_style=True, allow_unicode=True, width=1000, sort_keys=False).strip()}\n" for e in edits)
     return text
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
 
@@ -12,6 +10,7 @@ from runtimes.hf import attach, bake, model_binding, prepare_for_save, steered
 from steerkit.errors import SteerkitError
 from steerkit.plan import compile_plan
 from steerkit.profile import Edit, Profile
+from reference import logits, manual_edit
 from tiny_models import tiny_model
 
 OPS = {
@@ -25,39 +24,6 @@ OPS = {
 def make_plan(model, edits, positions="all", strength=1.0):
     profile = Profile("t", model_binding(model), edits, positions=positions, strength=strength)
     return compile_plan([profile], model_binding(model))
-
-
-@contextlib.contextmanager
-def manual_edit(model, edits, strength=1.0, mask_fn=None):
-    """Reference: replace each edited MLP's forward with a hand-written one that edits h."""
-    patched = []
-    for layer in sorted({e.layer for e in edits}):
-        mlp = model.model.layers[layer].mlp
-        mine = [e for e in edits if e.layer == layer]
-
-        def forward(x, mlp=mlp, mine=mine):
-            h = mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x)
-            h = h.clone()
-            for e in mine:
-                mult, add = e.affine(strength)
-                new = h[..., e.neuron] * mult + add
-                if mask_fn is not None:
-                    new = torch.where(mask_fn(h.shape[1]), new, h[..., e.neuron])
-                h[..., e.neuron] = new
-            return mlp.down_proj(h)
-
-        mlp.forward = forward
-        patched.append(mlp)
-    try:
-        yield
-    finally:
-        for mlp in patched:
-            del mlp.forward
-
-
-def logits(model, ids):
-    with torch.no_grad():
-        return model(ids).logits
 
 
 @pytest.fixture
