@@ -49,6 +49,10 @@ def atomic_write(target: str | Path, suffix: str = "") -> Iterator[Path]:
         raise SteerkitError(f"cannot write {target}: {exc.strerror}") from exc
     os.close(fd)
     tmp = Path(tmp_name)
+    # mkstemp creates 0600; give the result the permissions a plain open() would.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     try:
         yield tmp
         os.replace(tmp, target)

@@ -15,7 +15,7 @@ from steerkit.errors import SteerkitError
 __all__ = ["space_marker", "display_token", "word_variants", "is_word_like", "tokens_from_vocab"]
 
 _MARKERS = ("Ġ", "▁")
-_WORD_LIKE = re.compile(r"^[^\W\d_]{3,}$")
+_WORD_LIKE = re.compile(r"^[Ġ▁][^\W\d_]{3,}$")
 
 
 def space_marker(tokens: list[str]) -> str:
@@ -32,8 +32,11 @@ def display_token(token: str) -> str:
 
 
 def is_word_like(token: str) -> bool:
-    """True for tokens that are a clean word of three or more letters (markers stripped)."""
-    return bool(_WORD_LIKE.match(token.lstrip("Ġ▁")))
+    """True for tokens that are a whole word: a leading-space marker, then three or more letters.
+
+    Word pieces (``osaic``, ``ducive``) do not count; ``Ġdog`` and ``▁Paris`` do.
+    """
+    return bool(_WORD_LIKE.match(token))
 
 
 def _forms(word: str) -> list[str]:
