@@ -163,3 +163,21 @@ def test_cuda_hooks_and_bake(dtype):
     handle = bake(model, plan)
     torch.testing.assert_close(logits(model, ids), hooked, atol=5e-2 if dtype == torch.bfloat16 else 1e-4, rtol=1e-2)
     handle.remove()
+
+
+def test_hooks_on_a_model_spread_with_device_map(tmp_path, ids):
+    """accelerate's dispatch (one layer offloaded to disk) and steerkit's hooks coexist exactly."""
+    from transformers import AutoModelForCausalLM
+
+    tiny_model("llama").save_pretrained(tmp_path / "m")
+    device_map = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk",
+                  "model.layers.2": "cpu", "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "m", dtype=torch.float32, device_map=device_map,
+                                                 offload_folder=str(tmp_path / "offload")).eval()
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "m", dtype=torch.float32).eval()
+    edits = OPS["clamp"] + OPS["add"]
+    with manual_edit(plain, edits):
+        reference = logits(plain, ids)
+    with steered(model, make_plan(model, edits)):
+        hooked = logits(model, ids)
+    torch.testing.assert_close(hooked, reference, atol=1e-5, rtol=1e-5)
