@@ -150,8 +150,11 @@ def validate_command(
 
 
 def _session(model: Optional[str], profiles: list[str], strength: Optional[float], dtype: str, device: str):
-    from steerkit.session import SteeringSession
+    from steerkit.profile import load_profile
+    from steerkit.session import SteeringSession, profile_path
 
+    for name in profiles:  # refuse a bad profile before spending time loading the model
+        load_profile(profile_path(name))
     session = SteeringSession(model, dtype, device, strength=strength)
     for name in profiles:
         session.add_profile(name)

@@ -15,7 +15,7 @@ from steerkit.errors import SteerkitError
 from steerkit.plan import Plan, compile_plan
 from steerkit.profile import Profile, load_profile
 
-__all__ = ["SteeringSession", "shipped_profile"]
+__all__ = ["SteeringSession", "shipped_profile", "profile_path"]
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
 
@@ -26,7 +26,8 @@ def shipped_profile(name: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def _profile_path(name: str) -> Path:
+def profile_path(name: str) -> Path:
+    """A profile argument as a path: an existing file, or the shipped profile of that name."""
     path = Path(name)
     if path.is_file() or path.suffix in (".yaml", ".yml"):
         return path
@@ -53,7 +54,7 @@ class SteeringSession:
 
     def add_profile(self, name: str) -> Profile:
         """Load a profile (a path, or the name of a shipped profile) and check it fits the model."""
-        profile = load_profile(_profile_path(name))
+        profile = load_profile(profile_path(name))
         compile_plan([profile], self.binding)  # refuse before it becomes active
         self.profiles.append(profile)
         return profile

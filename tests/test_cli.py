@@ -56,3 +56,12 @@ def test_map_neuron_find_compare(gguf, tmp_path):
     assert result.returncode == 0 and "'dog'" in result.stdout
     result = run_cli("compare", gguf, gguf)
     assert result.returncode == 0 and "read+   100.0%" in result.stdout
+
+
+def test_generate_with_bad_profile_is_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("steerkit: 1\nname: x\nmodel: {arch: llama}\nedits: []\n")
+    for profile, message in ((str(bad), "bad.yaml:3: model: missing required field 'd_ff'"), ("nope.yaml", "cannot read profile")):
+        result = run_cli("generate", "hi", "--profile", profile)
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert result.stderr.strip().splitlines()[-1].startswith("error:") and message in result.stderr, result.stderr
