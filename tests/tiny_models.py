@@ -68,8 +68,11 @@ def save_hf(model, folder: Path) -> Path:
     return folder
 
 
-def save_gguf(model, path: Path, tokens: list[str] | None = None) -> Path:
-    """Write the MLP, final norm and embeddings of ``model`` as an F32 GGUF the way llama.cpp's converter would."""
+def save_gguf(model, path: Path, tokens: list[str] | None = None, ffn_type=None) -> Path:
+    """Write the MLP, final norm and embeddings of ``model`` as a GGUF the way llama.cpp's converter would.
+
+    Tensors are F32, or ``ffn_type`` (a type gguf-py can quantize) for the FFN matrices.
+    """
     config = model.config
     arch = ARCHS[config.model_type][1]
     gemma = config.model_type.startswith("gemma")
@@ -88,7 +91,13 @@ def save_gguf(model, path: Path, tokens: list[str] | None = None) -> Path:
         writer.add_tensor("output.weight", state["lm_head.weight"])
     for i in range(config.num_hidden_layers):
         for ours, theirs in (("ffn_up", "up_proj"), ("ffn_gate", "gate_proj"), ("ffn_down", "down_proj")):
-            writer.add_tensor(f"blk.{i}.{ours}.weight", state[f"model.layers.{i}.mlp.{theirs}.weight"])
+            weight = state[f"model.layers.{i}.mlp.{theirs}.weight"]
+            if ffn_type is None:
+                writer.add_tensor(f"blk.{i}.{ours}.weight", weight)
+            else:
+                from gguf.quants import quantize
+
+                writer.add_tensor(f"blk.{i}.{ours}.weight", quantize(weight, ffn_type), raw_dtype=ffn_type)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

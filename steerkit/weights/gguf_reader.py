@@ -1,4 +1,4 @@
-"""Weights from a GGUF file, read with gguf-py and dequantized one tensor at a time.
+"""Weights from a GGUF file, memory-mapped and dequantized (gguf-py) one tensor at a time.
 
 GGUF stores a matrix with ``ne[0]`` as the contiguous (input) dimension, so
 gguf-py's ``tensor.data`` is laid out like PyTorch's ``[out, in]``: the
@@ -10,47 +10,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from gguf import GGUFReader, MODEL_TENSOR, TENSOR_NAMES
+from gguf import MODEL_TENSOR, TENSOR_NAMES
 from gguf.quants import dequantize
 
 from steerkit.architectures import arch_for_gguf
 from steerkit.errors import SteerkitError
 from steerkit.fingerprint import file_sha256
+from steerkit.gguf_file import GGUFFile
 from steerkit.weights.base import ModelInfo, WeightReader
 
-__all__ = ["GGUFWeights", "open_gguf"]
-
-_GGUF_MAGIC = b"GGUF"
+__all__ = ["GGUFWeights"]
 
 
-def open_gguf(path: Path) -> GGUFReader:
-    """Open a GGUF file read-only, turning every failure into a one-line error."""
-    path = Path(path)
-    try:
-        with path.open("rb") as handle:
-            magic = handle.read(4)
-    except OSError as exc:
-        raise SteerkitError(f"{path}: cannot read ({exc.strerror})") from exc
-    if magic != _GGUF_MAGIC:
-        raise SteerkitError(f"{path}: not a GGUF file (bad magic {magic!r})")
-    try:
-        reader = GGUFReader(path, "r")
-    except Exception as exc:  # gguf-py raises assorted types on damaged files
-        raise SteerkitError(f"{path}: damaged or truncated GGUF ({type(exc).__name__}: {exc})") from exc
-    size = path.stat().st_size
-    for tensor in reader.tensors:
-        if tensor.data_offset + tensor.n_bytes > size:
-            raise SteerkitError(f"{path}: truncated GGUF (tensor {tensor.name} runs past the end of the file)")
-    return reader
-
-
-def _field(reader: GGUFReader, key: str, path: Path, default=None):
-    field = reader.fields.get(key)
-    if field is None:
-        if default is not None:
-            return default
-        raise SteerkitError(f"{path}: GGUF metadata key {key!r} is missing")
-    value = field.contents()
+def _field(file: GGUFFile, key: str, default=None):
+    value = file.value(key, default)
+    if value is None:
+        raise SteerkitError(f"{file.path}: GGUF metadata key {key!r} is missing")
     if isinstance(value, list):  # per-layer arrays (e.g. feed_forward_length): take the first
         value = value[0]
     return value
@@ -61,19 +36,19 @@ class GGUFWeights(WeightReader):
 
     def __init__(self, path: Path, label: str | None = None) -> None:
         self.path = Path(path)
-        self.reader = open_gguf(self.path)
-        arch_name = str(_field(self.reader, "general.architecture", self.path))
+        self.file = GGUFFile(self.path)
+        arch_name = str(_field(self.file, "general.architecture"))
         arch = arch_for_gguf(arch_name, str(self.path))
-        self._tensors = {t.name: t for t in self.reader.tensors}
+        self._tensors = {t.name: t for t in self.file.tensors}
         self._token_strings: list[str] | None = None
         token_embd = self._tensor("token_embd.weight")
         self.info = ModelInfo(
             arch=arch,
-            n_layers=int(_field(self.reader, f"{arch_name}.block_count", self.path)),
-            d_model=int(_field(self.reader, f"{arch_name}.embedding_length", self.path)),
-            d_ff=int(_field(self.reader, f"{arch_name}.feed_forward_length", self.path)),
+            n_layers=int(_field(self.file, f"{arch_name}.block_count")),
+            d_model=int(_field(self.file, f"{arch_name}.embedding_length")),
+            d_ff=int(_field(self.file, f"{arch_name}.feed_forward_length")),
             vocab_size=int(self._tensor("output.weight", token_embd).shape[1]),
-            rms_eps=float(_field(self.reader, f"{arch_name}.attention.layer_norm_rms_epsilon", self.path, 1e-6)),
+            rms_eps=float(_field(self.file, f"{arch_name}.attention.layer_norm_rms_epsilon", 1e-6)),
             label=label or str(self.path),
         )
 
@@ -115,8 +90,7 @@ class GGUFWeights(WeightReader):
 
     def tokens(self) -> list[str]:
         if self._token_strings is None:
-            field = self.reader.fields.get("tokenizer.ggml.tokens")
-            strings = list(field.contents()) if field is not None else []
+            strings = list(self.file.value("tokenizer.ggml.tokens", []))
             strings += [f"<#{i}>" for i in range(len(strings), self.info.vocab_size)]
             self._token_strings = strings[: self.info.vocab_size]
         return self._token_strings

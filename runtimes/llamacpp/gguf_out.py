@@ -1,0 +1,83 @@
+"""Write a GGUF that is an existing file plus a few metadata keys and tensors, streaming.
+
+Kept metadata is copied byte for byte from the source header; kept tensors
+are copied from the memory-mapped source (or replaced by patched bytes);
+new tensors go after them.  Nothing but one tensor at a time is ever held in
+memory beyond the page cache.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from gguf import GGMLQuantizationType, GGUFValueType
+
+from steerkit.gguf_file import GGUFFile
+
+__all__ = ["pack_string_kv", "pack_string_array_kv", "write_gguf_copy"]
+
+
+def _pack_string(text: str) -> bytes:
+    data = text.encode("utf-8")
+    return struct.pack("<Q", len(data)) + data
+
+
+def pack_string_kv(key: str, value: str) -> bytes:
+    """A GGUF metadata entry holding a string."""
+    return _pack_string(key) + struct.pack("<I", GGUFValueType.STRING) + _pack_string(value)
+
+
+def pack_string_array_kv(key: str, values: list[str]) -> bytes:
+    """A GGUF metadata entry holding an array of strings."""
+    head = _pack_string(key) + struct.pack("<IIQ", GGUFValueType.ARRAY, GGUFValueType.STRING, len(values))
+    return head + b"".join(_pack_string(v) for v in values)
+
+
+def _pad(size: int, alignment: int) -> int:
+    return -(-size // alignment) * alignment
+
+
+def write_gguf_copy(
+    source: GGUFFile,
+    target: Path,
+    drop_keys: Callable[[str], bool],
+    new_kv: list[bytes],
+    replaced: dict[str, np.ndarray],
+    added: dict[str, np.ndarray],
+    on_bytes: Callable[[int], None] = lambda n: None,
+) -> None:
+    """Write ``source`` to ``target`` with keys dropped/added and tensors replaced/added.
+
+    ``replaced`` tensors must keep their type and byte size; ``added`` ones are F32.
+    """
+    kept = [f for f in source.fields.values() if not drop_keys(f.key)]
+    entries = [(t.name, t.shape, t.tensor_type, replaced.get(t.name), t) for t in source.tensors]
+    entries += [(name, tuple(reversed(data.shape)), GGMLQuantizationType.F32, data, None) for name, data in added.items()]
+    alignment = source.alignment
+    with open(target, "wb") as out:
+        out.write(b"GGUF" + struct.pack("<IQQ", 3, len(entries), len(kept) + len(new_kv)))
+        for field in kept:
+            out.write(source.raw_field(field.key))
+        for entry in new_kv:
+            out.write(entry)
+        offset = 0
+        sizes = []
+        for name, shape, tensor_type, data, tensor in entries:
+            size = tensor.n_bytes if tensor is not None else data.nbytes
+            if tensor is not None and data is not None and data.nbytes != size:
+                raise ValueError(f"replacement for {name} has {data.nbytes} bytes, expected {size}")
+            out.write(_pack_string(name) + struct.pack("<I", len(shape)) + struct.pack(f"<{len(shape)}Q", *shape))
+            out.write(struct.pack("<IQ", tensor_type, offset))
+            sizes.append(size)
+            offset = _pad(offset + size, alignment)
+        out.write(b"\0" * (_pad(out.tell(), alignment) - out.tell()))
+        for (name, _, _, data, tensor), size in zip(entries, sizes):
+            if data is None:
+                out.write(memoryview(source.buffer[tensor.data_offset : tensor.data_offset + size]))
+            else:
+                out.write(np.ascontiguousarray(data).tobytes())
+            out.write(b"\0" * (_pad(size, alignment) - size))
+            on_bytes(size)

@@ -1,0 +1,50 @@
+"""Running a (patched) GGUF through llama-cpp-python: logits for parity checks, and chat generation."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from steerkit.errors import SteerkitError
+
+__all__ = ["LlamaCppModel"]
+
+
+class LlamaCppModel:
+    """A GGUF loaded in llama.cpp (CPU), with all-position logits available."""
+
+    def __init__(self, path: str | Path, n_ctx: int = 1024, n_threads: int | None = None) -> None:
+        try:
+            import llama_cpp
+        except ImportError as exc:
+            raise SteerkitError("the llama.cpp runtime needs llama-cpp-python (pip install llama-cpp-python)") from exc
+        self.path = Path(path)
+        # llama.cpp prints its load log on stderr from C; keep the terminal clean.
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
+            try:
+                self.llm = llama_cpp.Llama(str(self.path), n_ctx=n_ctx, logits_all=True, verbose=False,
+                                           n_threads=n_threads or os.cpu_count())
+            except ValueError as exc:
+                raise SteerkitError(f"{self.path}: llama.cpp cannot load this file ({exc})") from exc
+
+    def logits(self, token_ids: list[int]) -> np.ndarray:
+        """Logits ``[len(token_ids), vocab]`` of one forward pass over ``token_ids`` from an empty cache."""
+        self.llm.reset()
+        self.llm.eval(list(token_ids))
+        return np.array(self.llm.scores[: len(token_ids)], dtype=np.float32)
+
+    def chat(self, messages: list[dict], max_tokens: int = 60, temperature: float = 0.0, seed: int | None = None,
+             stream: bool = False):
+        """An answer to a chat history (greedy at temperature 0); a generator of text pieces when ``stream``."""
+        self.llm.reset()
+        kwargs = {"max_tokens": max_tokens, "temperature": temperature, "top_k": 0 if temperature > 0 else 1,
+                  "top_p": 1.0, "min_p": 0.0, "repeat_penalty": 1.0}
+        if seed is not None:
+            kwargs["seed"] = seed
+        if stream:
+            return (chunk["choices"][0]["delta"].get("content", "")
+                    for chunk in self.llm.create_chat_completion(messages, stream=True, **kwargs))
+        return self.llm.create_chat_completion(messages, **kwargs)["choices"][0]["message"]["content"]

@@ -1,0 +1,146 @@
+"""Compile profiles into a patched GGUF that stock llama.cpp loads as-is.
+
+Per the compilation table (../shared/DESIGN.md), for neuron ``j`` of layer
+``N`` with affine edit ``h*mult + add``:
+
+* ``mult != 1``: ``blk.N.ffn_up`` row ``j`` is scaled by rewriting only its
+  blocks' fp16 scale fields (:mod:`runtimes.llamacpp.scales`), so
+  ``h = act(gate.x) * (up.x)`` is scaled exactly;
+* ``add != 0``: ``add * W_down[:, j]`` is summed into an F32
+  ``blk.N.ffn_down.bias`` tensor, which llama.cpp's llama-family graphs load.
+
+The output also carries the profiles (names, sha256, full YAML) as
+``steerkit.*`` metadata.  The file is streamed tensor by tensor from the
+memory-mapped input (metadata copied byte for byte, memory does not grow
+with the model), written to a temporary file and renamed into place; the
+input is opened read-only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from gguf.quants import dequantize
+from tqdm import tqdm
+
+import steerkit
+from runtimes.llamacpp.gguf_out import pack_string_array_kv, pack_string_kv, write_gguf_copy
+from runtimes.llamacpp.scales import scale_rows
+from steerkit.cache import atomic_write
+from steerkit.errors import SteerkitError
+from steerkit.plan import LayerEdits, compile_plan
+from steerkit.profile import ModelBinding, Profile, dump_profile, vocab_sha256
+from steerkit.weights.gguf_reader import GGUFWeights
+
+__all__ = ["PatchReport", "patch_gguf", "embedded_profile", "KEY_PREFIX"]
+
+KEY_PREFIX = "steerkit."
+_KEY_NAMES, _KEY_SHA, _KEY_YAML, _KEY_VERSION = (KEY_PREFIX + k for k in ("profile.names", "profile.sha256", "profile.yaml", "version"))
+
+
+@dataclass(frozen=True)
+class PatchReport:
+    """What a patch did."""
+
+    output: Path
+    scaled_rows: int
+    bias_layers: tuple[int, ...]
+    profile_sha256: str
+
+
+def gguf_binding(weights: GGUFWeights) -> ModelBinding:
+    """The profile binding of a GGUF model."""
+    info = weights.info
+    return ModelBinding(info.arch.name, info.n_layers, info.d_model, info.d_ff, info.vocab_size, vocab_sha256(weights.tokens()))
+
+
+def embedded_profile(weights: GGUFWeights) -> dict | None:
+    """The ``steerkit.*`` metadata of a patched file (``None`` if it was never patched)."""
+    file = weights.file
+    if _KEY_SHA not in file.fields:
+        return None
+    return {"names": file.value(_KEY_NAMES), "sha256": file.value(_KEY_SHA), "yaml": file.value(_KEY_YAML),
+            "steerkit": file.value(_KEY_VERSION)}
+
+
+def _bias(weights: GGUFWeights, edits: LayerEdits, existing: np.ndarray | None) -> np.ndarray:
+    columns = weights.down_cols(edits.layer)[edits.neurons]  # [n, d_model]
+    bias = (edits.add[:, None].astype(np.float64) * columns).sum(axis=0).astype(np.float32)
+    return bias + existing if existing is not None else bias
+
+
+def patch_gguf(
+    source: str | Path,
+    profiles: list[Profile],
+    output: str | Path,
+    strength: float | None = None,
+    allow_repatch: bool = False,
+    progress: bool = True,
+) -> PatchReport:
+    """Write ``output``: ``source`` with ``profiles`` compiled into its weights.
+
+    Everything is checked before the first byte is written: the profiles fit
+    the model, no edit is position-restricted, the architecture can carry an
+    ``ffn_down`` bias if one is needed, every scaled tensor's quant type has a
+    scale field, the file is not already patched (unless ``allow_repatch``).
+
+    >>> patch_gguf("model.gguf", [load_profile("dog.yaml")], "dog.gguf")   # doctest: +SKIP
+    """
+    source, output = Path(source), Path(output)
+    if output.exists() and output.resolve() == source.resolve():
+        raise SteerkitError(f"{output}: refusing to overwrite the input model; choose another output path")
+    weights = GGUFWeights(source)
+    previous = embedded_profile(weights)
+    if previous is not None and not allow_repatch:
+        raise SteerkitError(
+            f"{source}: already patched by steerkit (profiles {', '.join(previous['names'])}); pass --allow-repatch to patch again"
+        )
+    plan = compile_plan(profiles, gguf_binding(weights), strength)
+    merged = plan.merged()
+    arch = weights.info.arch
+    tensors = {t.name: t for t in weights.file.tensors}
+
+    # Resolve every change before writing anything.
+    replaced: dict[str, np.ndarray] = {}
+    added: dict[str, np.ndarray] = {}
+    scaled_rows = 0
+    for layer, edits in merged.items():
+        scale = edits.mult != 1.0
+        if scale.any():
+            name = f"blk.{layer}.ffn_up.weight"
+            tensor = tensors[name]
+            replaced[name] = scale_rows(tensor.data, tensor.tensor_type, edits.neurons[scale], edits.mult[scale], name)
+            scaled_rows += int(scale.sum())
+        if (edits.add != 0).any():
+            if not arch.llama_cpp_ffn_down_bias:
+                raise SteerkitError(
+                    f"{source}: clamp/add edits need a blk.N.ffn_down.bias tensor, which llama.cpp's {arch.name} graph does "
+                    "not load; only scale/ablate edits can be patched into this model"
+                )
+            name = f"blk.{layer}.ffn_down.bias"
+            existing = None
+            if name in tensors:
+                existing = np.array(dequantize(tensors[name].data, tensors[name].tensor_type), dtype=np.float32).reshape(-1)
+            bias = _bias(weights, edits, existing)
+            (replaced if name in tensors else added)[name] = bias
+
+    texts = [dump_profile(p) for p in profiles]
+    profile_yaml = "\n---\n".join(texts)
+    meta = json.dumps({"strength": strength}) if strength is not None else ""
+    digest = hashlib.sha256((profile_yaml + meta).encode()).hexdigest()
+
+    new_kv = [
+        pack_string_array_kv(_KEY_NAMES, [p.name for p in profiles]),
+        pack_string_kv(_KEY_SHA, digest),
+        pack_string_kv(_KEY_YAML, profile_yaml + (f"\n# strength override: {strength}" if strength is not None else "")),
+        pack_string_kv(_KEY_VERSION, steerkit.__version__),
+    ]
+    total = sum(t.n_bytes for t in weights.file.tensors)
+    with atomic_write(output, suffix=".gguf") as tmp:
+        with tqdm(total=total, unit="B", unit_scale=True, desc=f"patch {output.name}", disable=not progress) as bar:
+            write_gguf_copy(weights.file, tmp, lambda key: key.startswith(KEY_PREFIX), new_kv, replaced, added, bar.update)
+    return PatchReport(output, scaled_rows, tuple(sorted(int(n.split(".")[1]) for n in added)), digest)

@@ -1,0 +1,104 @@
+"""Parity of the patched GGUF (run by llama.cpp) with the HF hooks, on the real default model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from runtimes.hf import load_model, model_binding, steered
+from runtimes.llamacpp.model import LlamaCppModel
+from runtimes.llamacpp.patch import patch_gguf
+from steerkit.plan import compile_plan
+from steerkit.profile import Edit, Profile
+from steerkit.sources import resolve_model
+
+pytestmark = pytest.mark.real
+
+TEXTS = [
+    "My dog likes to run in the park with other dogs, and then we go home for dinner. After dinner he sleeps on the rug by the fire while I read the newspaper and drink a cup of tea.",
+    "Write a short poem about the sea and the sky, with a rhyme in every line. The waves roll in and the gulls cry out, the clouds drift by without a doubt.",
+    "The capital of France is Paris, and it is known for its museums and food. Every year millions of visitors climb the Eiffel Tower and walk along the Seine.",
+    "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n\nprint([fibonacci(i) for i in range(10)])",
+    "Once upon a time, in a small village by the mountains, there lived an old baker who woke up before dawn every morning to bake bread for the whole village.",
+    "Photosynthesis is the process by which green plants use sunlight, water and carbon dioxide to make glucose and oxygen. It takes place in the chloroplasts of leaf cells.",
+    "To make a good cup of coffee, grind the beans just before brewing, use water just below boiling, and let it steep for about four minutes before pressing.",
+    "The football match ended in a draw after the home team scored a late penalty. Fans celebrated in the streets, singing songs until long after midnight.",
+    "In 1969, astronauts landed on the Moon for the first time. Neil Armstrong stepped onto the surface and said that it was one small step for a man.",
+    "Dear customer, thank you for your order. Your package has been shipped and should arrive within three to five business days. Please contact us with any questions.",
+]
+EDITS = {
+    "clamp": [Edit(29, 808, "clamp", 30.0), Edit(20, 100, "clamp", -5.0)],
+    "scale": [Edit(29, 808, "scale", 3.0), Edit(25, 77, "scale", -2.0)],
+    # Single ablations barely move this model; 96 neurons over three layers do.
+    "ablate": [Edit(layer, j, "ablate") for layer in (2, 15, 29) for j in range(0, 1536, 48)],
+    "add": [Edit(29, 808, "add", 12.0), Edit(15, 1000, "add", -4.0)],
+}
+
+
+def kl_per_position(p_logits: np.ndarray, q_logits: np.ndarray) -> np.ndarray:
+    p = torch.log_softmax(torch.from_numpy(p_logits), -1)
+    q = torch.log_softmax(torch.from_numpy(q_logits), -1)
+    return (p.exp() * (p - q)).sum(-1).numpy()
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model, tokenizer = load_model("smollm2-135m")
+    ids = [tokenizer(t).input_ids for t in TEXTS]
+    return model, tokenizer, ids
+
+
+def hf_logits(model, ids, plan=None) -> list[np.ndarray]:
+    out = []
+    for row in ids:
+        with torch.no_grad():
+            if plan is None:
+                out.append(model(torch.tensor([row])).logits[0].numpy())
+            else:
+                with steered(model, plan):
+                    out.append(model(torch.tensor([row])).logits[0].numpy())
+    return out
+
+
+def compare(hf: list[np.ndarray], cpp: list[np.ndarray]) -> tuple[float, float]:
+    kl = np.concatenate([kl_per_position(h, c) for h, c in zip(hf, cpp)]).mean()
+    top1 = np.concatenate([h.argmax(-1) == c.argmax(-1) for h, c in zip(hf, cpp)]).mean()
+    return float(kl), float(top1)
+
+
+@pytest.fixture(scope="module")
+def baseline(setup):
+    model, _, ids = setup
+    cpp = LlamaCppModel(resolve_model().path)
+    return compare(hf_logits(model, ids), [cpp.logits(row) for row in ids])
+
+
+@pytest.mark.parametrize("op", sorted(EDITS))
+def test_patched_gguf_matches_hf_hooks(setup, baseline, op, tmp_path):
+    model, tokenizer, ids = setup
+    binding = model_binding(model, tokenizer)
+    profile = Profile(op, binding, EDITS[op])
+    patch_gguf(resolve_model().path, [profile], tmp_path / "patched.gguf", progress=False)
+    cpp = LlamaCppModel(tmp_path / "patched.gguf")
+    steered_hf = hf_logits(model, ids, compile_plan([profile], binding))
+    kl, top1 = compare(steered_hf, [cpp.logits(row) for row in ids])
+    base_kl, base_top1 = baseline
+    moved, _ = compare(steered_hf, hf_logits(model, ids))
+    print(f"{op}: KL {kl:.4f} (baseline {base_kl:.4f}, ratio {kl / base_kl:.2f}), top-1 {top1:.3f} "
+          f"(baseline {base_top1:.3f}), the edit itself moves KL {moved:.3f}")
+    assert kl <= 1.5 * base_kl
+    assert top1 >= base_top1 - 0.03
+    assert moved > 2 * kl  # the check can see the edit: it moves far more than the runtimes disagree
+
+
+def test_patched_dog_answer_in_llama_cpp(tmp_path):
+    from steerkit.profile import load_profile
+    from steerkit.session import shipped_profile
+
+    patch_gguf(resolve_model().path, [load_profile(shipped_profile("dog"))], tmp_path / "dog.gguf", progress=False)
+    question = [{"role": "user", "content": "What is your favourite animal?"}]
+    plain = LlamaCppModel(resolve_model().path).chat(question, max_tokens=20)
+    steered_text = LlamaCppModel(tmp_path / "dog.gguf").chat(question, max_tokens=20)
+    assert "dog" not in plain.lower() and "cat" not in plain.lower(), plain
+    assert "dog" in steered_text.lower(), steered_text
