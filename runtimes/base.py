@@ -30,7 +30,7 @@ class Runtime(ABC):
 
 
 # name -> "module:Class"; imported on first use so the core never pulls in torch hooks or llama.cpp.
-RUNTIMES: dict[str, str] = {"hf": "runtimes.hf:HFRuntime"}
+RUNTIMES: dict[str, str] = {"hf": "runtimes.hf:HFRuntime", "llama.cpp": "runtimes.llamacpp:LlamaCppRuntime"}
 
 
 def register(name: str, target: str) -> None:

@@ -149,13 +149,22 @@ def validate_command(
     typer.echo(f"{profile}: ok ({loaded.name}: {len(loaded.edits)} edits, positions {loaded.positions}, strength {loaded.strength})")
 
 
-def _session(model: Optional[str], profiles: list[str], strength: Optional[float], dtype: str, device: str):
-    from steerkit.profile import load_profile
-    from steerkit.session import SteeringSession, profile_path
+RuntimeOption = typer.Option("hf", "--runtime", "-r", help="hf (transformers) or llama.cpp (a patched GGUF copy).")
 
+
+def _session(model: Optional[str], profiles: list[str], strength: Optional[float], dtype: str, device: str,
+             runtime: str = "hf"):
+    from steerkit.profile import load_profile
+    from steerkit.session import LlamaCppSession, SteeringSession, profile_path
+
+    if runtime not in ("hf", "llama.cpp"):
+        raise SteerkitError(f"--runtime {runtime!r}: expected hf or llama.cpp")
     for name in profiles:  # refuse a bad profile before spending time loading the model
         load_profile(profile_path(name))
-    session = SteeringSession(model, dtype, device, strength=strength)
+    if runtime == "llama.cpp":
+        session = LlamaCppSession(model, strength)
+    else:
+        session = SteeringSession(model, dtype, device, strength=strength)
     for name in profiles:
         session.add_profile(name)
     return session
@@ -172,9 +181,10 @@ def generate_command(
     seed: Optional[int] = typer.Option(None, "--seed"),
     dtype: str = typer.Option("float32", "--dtype"),
     device: str = typer.Option("cpu", "--device"),
+    runtime: str = RuntimeOption,
 ) -> None:
     """Answer PROMPT with the model, steered by the given profiles (streams the text)."""
-    session = _session(model, profile, strength, dtype, device)
+    session = _session(model, profile, strength, dtype, device, runtime)
     session.generate(prompt, max_tokens, temperature, seed, on_text=lambda text: typer.echo(text, nl=False))
     typer.echo()
 
@@ -192,9 +202,10 @@ def chat_command(
     temperature: float = typer.Option(0.0, "--temperature", "-t"),
     dtype: str = typer.Option("float32", "--dtype"),
     device: str = typer.Option("cpu", "--device"),
+    runtime: str = RuntimeOption,
 ) -> None:
     """Interactive chat; switch profiles, strength and steering on/off between turns."""
-    session = _session(model, profile, strength, dtype, device)
+    session = _session(model, profile, strength, dtype, device, runtime)
     history: list[dict] = []
     typer.echo(_CHAT_HELP)
     while True:
@@ -257,6 +268,7 @@ def steer_command(
     prompt: str = typer.Argument(..., help="The user message."),
     model: Optional[str] = ModelOption,
     max_tokens: int = typer.Option(60, "--max-tokens", "-n"),
+    runtime: str = RuntimeOption,
 ) -> None:
     """Show the unsteered and steered answers to PROMPT for CONCEPT's shipped profile."""
     from steerkit.session import shipped_profile
@@ -265,12 +277,74 @@ def steer_command(
         raise SteerkitError(
             f"no shipped profile for {concept!r} in profiles/; automatic discovery from a word is not implemented yet"
         )
-    session = _session(model, [concept], None, "float32", "cpu")
+    session = _session(model, [concept], None, "float32", "cpu", runtime)
     session.enabled = False
     plain = session.generate(prompt, max_tokens)
     session.enabled = True
     steered_text = session.generate(prompt, max_tokens)
     typer.echo(f"--- unsteered ---\n{plain.strip()}\n--- steered ({concept}) ---\n{steered_text.strip()}")
+
+
+@app.command("patch")
+def patch_command(
+    model_file: Path = typer.Argument(..., help="The GGUF to patch (never modified)."),
+    profiles: list[Path] = typer.Argument(..., help="One or more profile files, applied in order."),
+    output: Path = typer.Option(..., "--output", "-o", help="Where to write the patched GGUF."),
+    strength: Optional[float] = typer.Option(None, "--strength", "-s"),
+    allow_repatch: bool = typer.Option(False, "--allow-repatch", help="Patch a file steerkit already patched."),
+) -> None:
+    """Write a patched GGUF that stock llama.cpp, llama-cpp-python and ollama load as-is."""
+    from runtimes.llamacpp import patch_gguf
+    from steerkit.profile import load_profile
+
+    loaded = [load_profile(p) for p in profiles]
+    report = patch_gguf(model_file, loaded, output, strength, allow_repatch)
+    typer.echo(f"wrote {report.output}: {report.scaled_rows} up_proj rows rescaled, "
+               f"ffn_down bias in layers {list(report.bias_layers) or 'none'}, profile sha256 {report.profile_sha256[:16]}")
+
+
+@app.command("inspect")
+def inspect_command(model_file: Path = typer.Argument(..., help="A GGUF file.")) -> None:
+    """Show the steerkit profile embedded in a patched GGUF."""
+    from runtimes.llamacpp import embedded_profile
+    from steerkit.weights.gguf_reader import GGUFWeights
+
+    weights = GGUFWeights(model_file)
+    info = weights.info
+    typer.echo(f"{model_file}: {info.arch.name}, {info.n_layers} layers x {info.d_ff} neurons")
+    embedded = embedded_profile(weights)
+    if embedded is None:
+        typer.echo("not patched by steerkit")
+        return
+    typer.echo(f"patched by steerkit {embedded['steerkit']} with {', '.join(embedded['names'])} (sha256 {embedded['sha256'][:16]})")
+    typer.echo(embedded["yaml"])
+
+
+@app.command("export-cvec")
+def export_cvec_command(
+    profile: Path = typer.Argument(..., help="Profile file."),
+    output: Path = typer.Option(..., "--output", "-o", help="Control-vector GGUF to write."),
+    model: Optional[str] = ModelOption,
+    strength: Optional[float] = typer.Option(None, "--strength", "-s"),
+) -> None:
+    """Write the additive part of a profile as a llama.cpp control vector (--control-vector)."""
+    from runtimes.llamacpp import gguf_binding
+    from runtimes.llamacpp.cvec import control_vector, write_control_vector
+    from steerkit.plan import compile_plan
+    from steerkit.profile import load_profile
+    from steerkit.sources import resolve_model
+    from steerkit.weights.gguf_reader import GGUFWeights
+
+    loaded = load_profile(profile)
+    source = resolve_model(model)
+    if source.kind != "gguf":
+        raise SteerkitError(f"model {source.name}: export-cvec needs a GGUF model")
+    weights = GGUFWeights(source.path, source.name)
+    vector = control_vector(compile_plan([loaded], gguf_binding(weights), strength), weights)
+    write_control_vector(vector, weights.info.n_layers, output)
+    typer.echo(f"wrote {output}: directions for layers {sorted(vector.directions)}")
+    for note in vector.left_out:
+        typer.echo(f"  not in the vector (approximation): {note}")
 
 
 def main() -> None:

@@ -1,21 +1,20 @@
-"""A steered transformers session: one model, a list of active profiles, a strength, on/off.
+"""A steered session: one model, a list of active profiles, a strength, on/off.
 
-Shared by ``steerkit generate``, ``steerkit chat`` and ``steerkit steer``.
-Changing the steering re-attaches hooks; every turn re-runs the whole
-conversation, so no KV cache computed under old edits is ever reused.
+Shared by ``steerkit generate``, ``steerkit chat`` and ``steerkit steer``, for
+both runtimes.  Every answer re-runs the whole conversation from an empty KV
+cache, so no cache computed under old edits is ever reused.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from steerkit.errors import SteerkitError
 from steerkit.plan import Plan, compile_plan
 from steerkit.profile import Profile, load_profile
 
-__all__ = ["SteeringSession", "shipped_profile", "profile_path"]
+__all__ = ["SteeringSession", "LlamaCppSession", "shipped_profile", "profile_path"]
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
 
@@ -34,23 +33,15 @@ def profile_path(name: str) -> Path:
     return shipped_profile(name) or path
 
 
-@dataclass
-class SteeringSession:
-    """Model + tokenizer + active profiles, with hooks kept in sync."""
+class _Steering:
+    """Active profiles, strength and on/off, checked against the model's binding."""
 
-    model_name: str | None = None
-    dtype: str = "float32"
-    device: str = "cpu"
-    profiles: list[Profile] = field(default_factory=list)
-    strength: float | None = None
-    enabled: bool = True
+    binding = None
 
-    def __post_init__(self) -> None:
-        from runtimes.hf import load_model, model_binding
-
-        self.model, self.tokenizer = load_model(self.model_name, self.dtype, self.device)
-        self.binding = model_binding(self.model, self.tokenizer)
-        self._handle = None
+    def __init__(self, strength: float | None = None) -> None:
+        self.profiles: list[Profile] = []
+        self.strength = strength
+        self.enabled = True
 
     def add_profile(self, name: str) -> Profile:
         """Load a profile (a path, or the name of a shipped profile) and check it fits the model."""
@@ -63,28 +54,75 @@ class SteeringSession:
         """The plan of the active profiles at the current strength."""
         return compile_plan(self.profiles, self.binding, self.strength)
 
-    def _sync(self) -> None:
-        from runtimes.hf import attach
+    @property
+    def active(self) -> bool:
+        return self.enabled and bool(self.profiles)
 
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
-        if self.enabled and self.profiles:
-            self._handle = attach(self.model, self.plan())
-
-    def generate(self, prompt: str | list[dict], max_new_tokens: int = 60, temperature: float = 0.0,
-                 seed: int | None = None, on_text: Callable[[str], None] | None = None) -> str:
-        """One answer (``prompt`` is a user message or a whole chat history)."""
-        from runtimes.hf.generate import generate_text
-
+    @staticmethod
+    def _check(max_new_tokens: int, temperature: float) -> None:
         if max_new_tokens < 1:
             raise SteerkitError(f"--max-tokens must be at least 1, got {max_new_tokens}")
         if temperature < 0:
             raise SteerkitError(f"--temperature must be >= 0, got {temperature}")
-        self._sync()
-        try:
+
+
+class SteeringSession(_Steering):
+    """The transformers runtime: hooks attached for each answer and removed after it."""
+
+    def __init__(self, model_name: str | None = None, dtype: str = "float32", device: str = "cpu",
+                 strength: float | None = None) -> None:
+        from runtimes.hf import load_model, model_binding
+
+        super().__init__(strength)
+        self.model, self.tokenizer = load_model(model_name, dtype, device)
+        self.binding = model_binding(self.model, self.tokenizer)
+
+    def generate(self, prompt: str | list[dict], max_new_tokens: int = 60, temperature: float = 0.0,
+                 seed: int | None = None, on_text: Callable[[str], None] | None = None) -> str:
+        """One answer (``prompt`` is a user message or a whole chat history)."""
+        from runtimes.hf import steered
+        from runtimes.hf.generate import generate_text
+
+        self._check(max_new_tokens, temperature)
+        if not self.active:
             return generate_text(self.model, self.tokenizer, [prompt], max_new_tokens, temperature, seed, on_text)[0]
-        finally:
-            if self._handle is not None:
-                self._handle.remove()
-                self._handle = None
+        with steered(self.model, self.plan()):
+            return generate_text(self.model, self.tokenizer, [prompt], max_new_tokens, temperature, seed, on_text)[0]
+
+
+class LlamaCppSession(_Steering):
+    """The llama.cpp runtime: each set of profiles is a patched GGUF copy (cached), loaded on demand."""
+
+    def __init__(self, model_name: str | None = None, strength: float | None = None) -> None:
+        from runtimes.llamacpp import gguf_binding
+        from steerkit.sources import resolve_model
+        from steerkit.weights.gguf_reader import GGUFWeights
+
+        super().__init__(strength)
+        source = resolve_model(model_name)
+        if source.kind != "gguf":
+            raise SteerkitError(f"model {source.name}: the llama.cpp runtime needs a GGUF model")
+        self.weights = GGUFWeights(source.path, source.name)
+        self.binding = gguf_binding(self.weights)
+        self._models: dict[str, object] = {}
+
+    def _model(self):
+        from runtimes.llamacpp import LlamaCppRuntime
+        from runtimes.llamacpp.model import LlamaCppModel
+
+        path = LlamaCppRuntime().attach(self.weights.path, self.plan()).path if self.active else self.weights.path
+        if str(path) not in self._models:
+            self._models = {str(path): LlamaCppModel(path)}  # keep one loaded model at a time
+        return self._models[str(path)]
+
+    def generate(self, prompt: str | list[dict], max_new_tokens: int = 60, temperature: float = 0.0,
+                 seed: int | None = None, on_text: Callable[[str], None] | None = None) -> str:
+        """One answer; a fresh context per answer, so no KV cache outlives a steering change."""
+        self._check(max_new_tokens, temperature)
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        pieces = []
+        for piece in self._model().chat(messages, max_new_tokens, temperature, seed, stream=True):
+            pieces.append(piece)
+            if on_text is not None:
+                on_text(piece)
+        return "".join(pieces)

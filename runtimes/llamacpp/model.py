@@ -30,6 +30,27 @@ class LlamaCppModel:
             except ValueError as exc:
                 raise SteerkitError(f"{self.path}: llama.cpp cannot load this file ({exc})") from exc
 
+    def set_control_vector(self, directions: dict[int, np.ndarray] | None) -> None:
+        """Add ``directions[N]`` to the output of layer ``N`` (llama.cpp's control vector); ``None`` clears it."""
+        import llama_cpp
+
+        ctx = self.llm.ctx
+        if not directions:
+            llama_cpp.llama_set_adapter_cvec(ctx, None, 0, 0, 0, 0)
+            self.llm.reset()
+            return
+        n_embd, n_layer = self.llm.n_embd(), llama_cpp.llama_model_n_layer(self.llm._model.model)
+        # The buffer starts at layer 1: row N-1 holds layer N's direction.
+        self._cvec = np.zeros((n_layer - 1, n_embd), dtype=np.float32)
+        for layer, direction in directions.items():
+            if not 1 <= layer < n_layer:
+                raise SteerkitError(f"control vector layer {layer} out of range 1..{n_layer - 1}")
+            self._cvec[layer - 1] = direction
+        pointer = self._cvec.ctypes.data_as(llama_cpp.ctypes.POINTER(llama_cpp.ctypes.c_float))
+        if llama_cpp.llama_set_adapter_cvec(ctx, pointer, self._cvec.size, n_embd, 1, n_layer - 1) != 0:
+            raise SteerkitError(f"{self.path}: llama.cpp refused the control vector")
+        self.llm.reset()
+
     def logits(self, token_ids: list[int]) -> np.ndarray:
         """Logits ``[len(token_ids), vocab]`` of one forward pass over ``token_ids`` from an empty cache."""
         self.llm.reset()

@@ -19,7 +19,6 @@ input is opened read-only.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from runtimes.llamacpp.gguf_out import pack_string_array_kv, pack_string_kv, wri
 from runtimes.llamacpp.scales import scale_rows
 from steerkit.cache import atomic_write
 from steerkit.errors import SteerkitError
-from steerkit.plan import LayerEdits, compile_plan
+from steerkit.plan import LayerEdits, Plan, compile_plan
 from steerkit.profile import ModelBinding, Profile, dump_profile, vocab_sha256
 from steerkit.weights.gguf_reader import GGUFWeights
 
@@ -87,19 +86,36 @@ def patch_gguf(
     the model, no edit is position-restricted, the architecture can carry an
     ``ffn_down`` bias if one is needed, every scaled tensor's quant type has a
     scale field, the file is not already patched (unless ``allow_repatch``).
+    The profiles' YAML, names and hash go into ``steerkit.*`` metadata.
 
     >>> patch_gguf("model.gguf", [load_profile("dog.yaml")], "dog.gguf")   # doctest: +SKIP
     """
-    source, output = Path(source), Path(output)
+    weights = GGUFWeights(Path(source))
+    plan = compile_plan(profiles, gguf_binding(weights), strength)
+    profile_yaml = "\n---\n".join(dump_profile(p) for p in profiles)
+    if strength is not None:
+        profile_yaml += f"\n# strength override: {strength}"
+    return write_patched(weights, plan, output, [p.name for p in profiles], profile_yaml, allow_repatch, progress)
+
+
+def write_patched(
+    weights: GGUFWeights,
+    plan: Plan,
+    output: str | Path,
+    names: list[str],
+    profile_yaml: str,
+    allow_repatch: bool = False,
+    progress: bool = True,
+) -> PatchReport:
+    """Write ``weights``' file with an already compiled ``plan`` applied (see :func:`patch_gguf`)."""
+    source, output = weights.path, Path(output)
     if output.exists() and output.resolve() == source.resolve():
         raise SteerkitError(f"{output}: refusing to overwrite the input model; choose another output path")
-    weights = GGUFWeights(source)
     previous = embedded_profile(weights)
     if previous is not None and not allow_repatch:
         raise SteerkitError(
             f"{source}: already patched by steerkit (profiles {', '.join(previous['names'])}); pass --allow-repatch to patch again"
         )
-    plan = compile_plan(profiles, gguf_binding(weights), strength)
     merged = plan.merged()
     arch = weights.info.arch
     tensors = {t.name: t for t in weights.file.tensors}
@@ -128,15 +144,11 @@ def patch_gguf(
             bias = _bias(weights, edits, existing)
             (replaced if name in tensors else added)[name] = bias
 
-    texts = [dump_profile(p) for p in profiles]
-    profile_yaml = "\n---\n".join(texts)
-    meta = json.dumps({"strength": strength}) if strength is not None else ""
-    digest = hashlib.sha256((profile_yaml + meta).encode()).hexdigest()
-
+    digest = hashlib.sha256(profile_yaml.encode()).hexdigest()
     new_kv = [
-        pack_string_array_kv(_KEY_NAMES, [p.name for p in profiles]),
+        pack_string_array_kv(_KEY_NAMES, names),
         pack_string_kv(_KEY_SHA, digest),
-        pack_string_kv(_KEY_YAML, profile_yaml + (f"\n# strength override: {strength}" if strength is not None else "")),
+        pack_string_kv(_KEY_YAML, profile_yaml),
         pack_string_kv(_KEY_VERSION, steerkit.__version__),
     ]
     total = sum(t.n_bytes for t in weights.file.tensors)
