@@ -65,3 +65,23 @@ def test_generate_with_bad_profile_is_one_line(tmp_path):
         result = run_cli("generate", "hi", "--profile", profile)
         assert result.returncode == 1 and "Traceback" not in result.stderr
         assert result.stderr.strip().splitlines()[-1].startswith("error:") and message in result.stderr, result.stderr
+
+
+def test_patch_inspect_export_cvec(gguf, tmp_path):
+    from steerkit.profile import Edit, Profile, save_profile
+    from test_gguf_patch import binding_of
+
+    profile = tmp_path / "p.yaml"
+    save_profile(Profile("p", binding_of(gguf), [Edit(1, 5, "clamp", 2.0), Edit(2, 3, "scale", 0.5)]), profile)
+    out = tmp_path / "out.gguf"
+    result = run_cli("patch", gguf, str(profile), "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "2 up_proj rows rescaled" in result.stdout and "layers [1]" in result.stdout
+    result = run_cli("inspect", str(out))
+    assert "patched by steerkit" in result.stdout and "op: clamp" in result.stdout
+    result = run_cli("patch", str(out), str(profile), "-o", str(tmp_path / "again.gguf"))
+    assert result.returncode == 1 and "already patched" in result.stderr and not (tmp_path / "again.gguf").exists()
+    result = run_cli("export-cvec", str(profile), "-o", str(tmp_path / "v.gguf"), "--model", gguf)
+    assert result.returncode == 0 and "layers [1]" in result.stdout and "approximation" in result.stdout
+    result = run_cli("patch", gguf, str(profile), "-o", str(tmp_path / "nodir" / "x.gguf"))
+    assert result.returncode == 1 and "cannot write" in result.stderr

@@ -102,3 +102,41 @@ def test_patched_dog_answer_in_llama_cpp(tmp_path):
     steered_text = LlamaCppModel(tmp_path / "dog.gguf").chat(question, max_tokens=20)
     assert "dog" not in plain.lower() and "cat" not in plain.lower(), plain
     assert "dog" in steered_text.lower(), steered_text
+
+
+def test_control_vector_layer_convention(setup, tmp_path):
+    """direction.N acts on the output of layer N: matches HF add hooks there, not at N-1 or N+1."""
+    from runtimes.llamacpp.cvec import control_vector, read_control_vector, write_control_vector
+    from steerkit.weights import open_weights
+
+    model, tokenizer, ids = setup
+    binding = model_binding(model, tokenizer)
+    profile = Profile("add", binding, [Edit(15, 1000, "add", -8.0), Edit(15, 3, "add", 6.0), Edit(22, 5, "add", 5.0)])
+    plan = compile_plan([profile], binding)
+    vector = control_vector(plan, open_weights("smollm2-135m"))
+    path = write_control_vector(vector, 30, tmp_path / "add.cvec.gguf")
+    directions = read_control_vector(path)  # the file round-trips
+    assert sorted(directions) == [15, 22] and all(np.array_equal(directions[k], vector.directions[k]) for k in directions)
+    cpp = LlamaCppModel(resolve_model().path)
+    steered_hf = hf_logits(model, ids[:4], plan)
+    results = {}
+    for shift in (-1, 0, 1):
+        cpp.set_control_vector({layer + shift: d for layer, d in directions.items()})
+        results[shift] = compare(steered_hf, [cpp.logits(row) for row in ids[:4]])[0]
+    cpp.set_control_vector(None)
+    moved, _ = compare(steered_hf, hf_logits(model, ids[:4]))
+    assert results[0] < 0.01 < moved
+    assert results[-1] > 10 * results[0] and results[1] > 10 * results[0]
+
+
+def test_llama_cpp_session_switches_profiles():
+    from steerkit.session import LlamaCppSession
+
+    session = LlamaCppSession("smollm2-135m")
+    plain = session.generate("What is your favourite animal?", 20)
+    session.add_profile("dog")
+    steered_text = session.generate("What is your favourite animal?", 20)
+    session.enabled = False
+    again = session.generate("What is your favourite animal?", 20)
+    assert "dog" in steered_text.lower() and "dog" not in plain.lower()
+    assert again == plain  # steering off: identical to the untouched model
