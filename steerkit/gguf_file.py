@@ -195,6 +195,20 @@ class GGUFFile:
         field = self.fields.get(key)
         return default if field is None else field.value
 
+    def release(self, tensor: GGUFTensor) -> None:
+        """Drop a tensor's pages from this process's resident memory once it has been read.
+
+        Mapped file pages count as resident until the kernel reclaims them; on
+        a multi-GB model, walking every layer would otherwise grow RSS to the
+        file size.  The data stays readable (pages fault back in on access).
+        """
+        handle = getattr(self.buffer, "_mmap", None)
+        if handle is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        page = mmap.PAGESIZE
+        start = tensor.data_offset // page * page
+        handle.madvise(mmap.MADV_DONTNEED, start, tensor.data_offset + tensor.n_bytes - start)
+
     def raw_field(self, key: str) -> bytes:
         """A metadata entry's bytes exactly as stored (key, type and value)."""
         field = self.fields[key]

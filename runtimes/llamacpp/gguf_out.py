@@ -8,6 +8,7 @@ memory beyond the page cache.
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -48,11 +49,16 @@ def write_gguf_copy(
     replaced: dict[str, np.ndarray],
     added: dict[str, np.ndarray],
     on_bytes: Callable[[int], None] = lambda n: None,
+    row_patches: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> None:
     """Write ``source`` to ``target`` with keys dropped/added and tensors replaced/added.
 
-    ``replaced`` tensors must keep their type and byte size; ``added`` ones are F32.
+    ``replaced`` tensors must keep their type and byte size; ``added`` ones are
+    F32.  ``row_patches`` maps a tensor to ``(row indices, new row bytes)``:
+    the tensor is copied as is, then those rows are overwritten, so only the
+    edited rows are ever held in memory.
     """
+    row_patches = row_patches or {}
     kept = [f for f in source.fields.values() if not drop_keys(f.key)]
     entries = [(t.name, t.shape, t.tensor_type, replaced.get(t.name), t) for t in source.tensors]
     entries += [(name, tuple(reversed(data.shape)), GGMLQuantizationType.F32, data, None) for name, data in added.items()]
@@ -74,10 +80,48 @@ def write_gguf_copy(
             sizes.append(size)
             offset = _pad(offset + size, alignment)
         out.write(b"\0" * (_pad(out.tell(), alignment) - out.tell()))
-        for (name, _, _, data, tensor), size in zip(entries, sizes):
-            if data is None:
-                out.write(memoryview(source.buffer[tensor.data_offset : tensor.data_offset + size]))
-            else:
-                out.write(np.ascontiguousarray(data).tobytes())
-            out.write(b"\0" * (_pad(size, alignment) - size))
-            on_bytes(size)
+        with open(source.path, "rb") as src:
+            for (name, _, _, data, tensor), size in zip(entries, sizes):
+                if data is None:
+                    out.flush()
+                    start = out.tell()
+                    _copy_range(src, out, tensor.data_offset, size)
+                    if name in row_patches:
+                        rows, row_bytes = row_patches[name]
+                        width = size // int(np.prod(tensor.shape[1:]))
+                        for row, data_row in zip(rows.tolist(), row_bytes):
+                            out.seek(start + row * width)
+                            out.write(np.ascontiguousarray(data_row).tobytes())
+                        out.seek(start + size)
+                else:
+                    out.write(np.ascontiguousarray(data).tobytes())
+                out.write(b"\0" * (_pad(size, alignment) - size))
+                on_bytes(size)
+
+
+def _copy_range(src, dst, offset: int, size: int) -> None:
+    """Copy ``size`` bytes at ``offset`` of ``src`` to the end of ``dst``.
+
+    A file-to-file copy (``copy_file_range`` where the OS has it, else 8 MB
+    reads) rather than through the memory map: mapped pages would pile up in
+    the process's resident memory on a multi-GB model.
+    """
+    src.seek(offset)
+    remaining = size
+    if hasattr(os, "copy_file_range"):
+        try:
+            while remaining:
+                copied = os.copy_file_range(src.fileno(), dst.fileno(), min(remaining, 1 << 30), offset + size - remaining)
+                if copied == 0:
+                    break
+                remaining -= copied
+            dst.seek(0, os.SEEK_END)
+        except OSError:
+            pass  # e.g. across file systems on old kernels: fall back to reads
+    src.seek(offset + size - remaining)
+    while remaining:
+        block = src.read(min(remaining, 8 << 20))
+        if not block:
+            raise ValueError(f"{src.name}: unexpected end of file")
+        dst.write(block)
+        remaining -= len(block)

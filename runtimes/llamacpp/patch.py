@@ -123,13 +123,17 @@ def write_patched(
     # Resolve every change before writing anything.
     replaced: dict[str, np.ndarray] = {}
     added: dict[str, np.ndarray] = {}
+    row_patches: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     scaled_rows = 0
     for layer, edits in merged.items():
         scale = edits.mult != 1.0
         if scale.any():
             name = f"blk.{layer}.ffn_up.weight"
             tensor = tensors[name]
-            replaced[name] = scale_rows(tensor.data, tensor.tensor_type, edits.neurons[scale], edits.mult[scale], name)
+            rows = edits.neurons[scale]
+            # Only the edited rows are read and kept: memory stays independent of the model size.
+            patched = scale_rows(tensor.data[rows], tensor.tensor_type, np.arange(len(rows)), edits.mult[scale], name)
+            row_patches[name] = (rows, patched)
             scaled_rows += int(scale.sum())
         if (edits.add != 0).any():
             if not arch.llama_cpp_ffn_down_bias:
@@ -154,5 +158,6 @@ def write_patched(
     total = sum(t.n_bytes for t in weights.file.tensors)
     with atomic_write(output, suffix=".gguf") as tmp:
         with tqdm(total=total, unit="B", unit_scale=True, desc=f"patch {output.name}", disable=not progress) as bar:
-            write_gguf_copy(weights.file, tmp, lambda key: key.startswith(KEY_PREFIX), new_kv, replaced, added, bar.update)
+            write_gguf_copy(weights.file, tmp, lambda key: key.startswith(KEY_PREFIX), new_kv, replaced, added, bar.update,
+                            row_patches)
     return PatchReport(output, scaled_rows, tuple(sorted(int(n.split(".")[1]) for n in added)), digest)

@@ -63,12 +63,13 @@ class GGUFWeights(WeightReader):
         name = TENSOR_NAMES[kind].format(bid=layer) + ".weight"
         tensor = self._tensor(name)
         try:
-            values = dequantize(tensor.data, tensor.tensor_type)
+            values = np.array(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)  # a copy, not a view
         except NotImplementedError as exc:
             raise SteerkitError(
                 f"{self.path}: tensor {name} has type {tensor.tensor_type.name}, which gguf-py cannot dequantize"
             ) from exc
-        return np.array(values, dtype=np.float32)  # a writable copy, not a view of the mmap
+        self.file.release(tensor)  # keep resident memory at one layer, not the whole file
+        return values
 
     def up_rows(self, layer: int) -> np.ndarray:
         return self._matrix(MODEL_TENSOR.FFN_UP, layer)

@@ -1,0 +1,55 @@
+"""The serving recipe: llama-cpp-python's OpenAI-compatible server on loopback, serving a patched GGUF."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from runtimes.llamacpp import patch_gguf
+from steerkit.profile import load_profile
+from steerkit.session import shipped_profile
+from steerkit.sources import resolve_model
+
+pytestmark = pytest.mark.real
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_server_answers_with_the_steered_model(tmp_path):
+    pytest.importorskip("uvicorn")
+    model = tmp_path / "dog.gguf"
+    patch_gguf(resolve_model().path, [load_profile(shipped_profile("dog"))], model, progress=False)
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
+         "--n_ctx", "512"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}/v1"
+    try:
+        for _ in range(120):  # bounded wait for the server to come up
+            try:
+                urllib.request.urlopen(f"{base}/models", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("server did not start within 60 s")
+        body = json.dumps({"messages": [{"role": "user", "content": "What is your favourite animal?"}],
+                           "max_tokens": 20, "temperature": 0}).encode()
+        request = urllib.request.Request(f"{base}/chat/completions", body, {"Content-Type": "application/json"})
+        answer = json.load(urllib.request.urlopen(request, timeout=120))["choices"][0]["message"]["content"]
+        assert "dog" in answer.lower(), answer
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
