@@ -62,3 +62,16 @@ def test_gguf_and_hf_readers_agree(tiny):
     np.testing.assert_allclose(hf.norm_gain(), gg.norm_gain(), atol=1e-6)
     np.testing.assert_allclose(hf.down_cols(1), gg.down_cols(1), atol=1e-6)
     np.testing.assert_allclose(hf.unembedding(), gg.unembedding(), atol=1e-6)
+
+
+@pytest.mark.parametrize("ffn_type", ["Q8_0", "Q4_1", None])
+def test_down_columns_reads_only_needed_blocks_exactly(tmp_path, ffn_type):
+    from gguf import GGMLQuantizationType
+
+    from tiny_models import save_gguf, tiny_model
+
+    qtype = GGMLQuantizationType[ffn_type] if ffn_type else None
+    model = tiny_model("llama", hidden_size=64, intermediate_size=96)
+    reader = open_weights(str(save_gguf(model, tmp_path / "m.gguf", ffn_type=qtype)))
+    neurons = np.array([95, 0, 33, 32, 64, 33])
+    np.testing.assert_array_equal(reader.down_columns(1, neurons), reader.down_cols(1)[neurons])

@@ -67,7 +67,7 @@ def embedded_profile(weights: GGUFWeights) -> dict | None:
 
 
 def _bias(weights: GGUFWeights, edits: LayerEdits, existing: np.ndarray | None) -> np.ndarray:
-    columns = weights.down_cols(edits.layer)[edits.neurons]  # [n, d_model]
+    columns = weights.down_columns(edits.layer, edits.neurons)  # [n, d_model]
     bias = (edits.add[:, None].astype(np.float64) * columns).sum(axis=0).astype(np.float32)
     return bias + existing if existing is not None else bias
 

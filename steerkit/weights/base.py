@@ -43,6 +43,10 @@ class WeightReader(ABC):
     def down_cols(self, layer: int) -> np.ndarray:
         """``down_proj`` weight transposed, ``[d_ff, d_model]``: row j is what neuron j writes."""
 
+    def down_columns(self, layer: int, neurons: np.ndarray) -> np.ndarray:
+        """``W_down[:, neurons]`` transposed, ``[n, d_model]`` (readers may avoid reading the whole matrix)."""
+        return self.down_cols(layer)[np.asarray(neurons)]
+
     @abstractmethod
     def norm_gain(self) -> np.ndarray:
         """The effective final RMSNorm gain ``[d_model]`` (Gemma's +1 applied)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from gguf import MODEL_TENSOR, TENSOR_NAMES
+from gguf import GGML_QUANT_SIZES, MODEL_TENSOR, TENSOR_NAMES
 from gguf.quants import dequantize
 
 from steerkit.architectures import arch_for_gguf
@@ -79,6 +79,27 @@ class GGUFWeights(WeightReader):
 
     def down_cols(self, layer: int) -> np.ndarray:
         return np.ascontiguousarray(self._matrix(MODEL_TENSOR.FFN_DOWN, layer).T)
+
+    def down_columns(self, layer: int, neurons: np.ndarray) -> np.ndarray:
+        """``W_down[:, neurons]`` transposed, ``[n, d_model]``, dequantizing only the blocks that hold them.
+
+        A neuron's down column is one element in every row of ``ffn_down``;
+        reading just its quant block per row is hundreds of times cheaper than
+        dequantizing the whole matrix.
+        """
+        self.check_layer(layer)
+        tensor = self._tensor(TENSOR_NAMES[MODEL_TENSOR.FFN_DOWN].format(bid=layer) + ".weight")
+        neurons = np.asarray(neurons, dtype=np.int64)
+        block_size, type_size = GGML_QUANT_SIZES[tensor.tensor_type]
+        data = tensor.data
+        if data.dtype != np.uint8:  # F32 / F16: plain columns
+            return np.array(data[:, neurons].T, dtype=np.float32)
+        blocks = np.unique(neurons // block_size)
+        byte_columns = (blocks[:, None] * type_size + np.arange(type_size)).reshape(-1)
+        values = np.asarray(dequantize(np.ascontiguousarray(data[:, byte_columns]), tensor.tensor_type), dtype=np.float32)
+        self.file.release(tensor)  # the gather touched a page in every row
+        where = np.searchsorted(blocks, neurons // block_size) * block_size + neurons % block_size
+        return np.ascontiguousarray(values[:, where].T)
 
     def norm_gain(self) -> np.ndarray:
         # Gemma's GGUF norm weights already hold 1 + w: no offset here.
