@@ -104,8 +104,14 @@ class Profile:
 
 
 def vocab_sha256(tokens: list[str]) -> str:
-    """Hash of a vocabulary's token strings, in id order."""
-    return hashlib.sha256("\0".join(tokens).encode("utf-8", "surrogatepass")).hexdigest()
+    """Hash of a vocabulary's token strings, in id order.
+
+    Spaces count as SentencePiece's ``▁``: Gemma's GGUF stores its runs-of-space
+    tokens with plain spaces where the Hugging Face tokenizer shows ``▁``, and
+    both copies must hash alike.
+    """
+    text = "\0".join(tokens).replace(" ", "▁")
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class _LineLoader(yaml.SafeLoader):

@@ -175,3 +175,28 @@ def test_gemma_clamp_refused_scale_allowed(tmp_path):
     assert not (tmp_path / "o.gguf").exists()
     report = patch_gguf(source, [Profile("s", binding, [Edit(1, 2, "scale", 2.0)])], tmp_path / "o.gguf", progress=False)
     assert report.scaled_rows == 1 and report.bias_layers == ()
+
+
+def test_disk_full_leaves_no_partial_output(q8_model, tmp_path, monkeypatch):
+    """A write that fails half-way (ENOSPC) ends in one clear error, no file at the target, no temp file."""
+    import errno
+
+    from runtimes.llamacpp import gguf_out
+
+    _, source = q8_model
+    good = Profile("p", binding_of(source), [Edit(1, 5, "clamp", 1.0)])
+    real_copy = gguf_out._copy_range
+    calls = {"n": 0}
+
+    def failing_copy(src, dst, offset, size):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_copy(src, dst, offset, size)
+
+    monkeypatch.setattr(gguf_out, "_copy_range", failing_copy)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    with pytest.raises(SteerkitError, match="cannot write .*No space left on device"):
+        patch_gguf(source, [good], out_dir / "o.gguf", progress=False)
+    assert list(out_dir.iterdir()) == []

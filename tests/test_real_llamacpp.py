@@ -140,3 +140,42 @@ def test_llama_cpp_session_switches_profiles():
     again = session.generate("What is your favourite animal?", 20)
     assert "dog" in steered_text.lower() and "dog" not in plain.lower()
     assert again == plain  # steering off: identical to the untouched model
+
+
+GEMMA_EDITS = {
+    "scale": [Edit(layer, j, "scale", 3.0) for layer in (5, 12, 17) for j in range(7, 2048, 32)],
+    "ablate": [Edit(layer, j, "ablate") for layer in (3, 9, 16) for j in range(0, 2048, 32)],
+}
+
+
+@pytest.mark.parametrize("op", sorted(GEMMA_EDITS))
+def test_gemma3_scale_and_ablate_parity(op, tmp_path):
+    """Gemma 3: scale/ablate are pure up_proj row edits, so the patched GGUF needs no extra tensor."""
+    model, tokenizer = gemma3()
+    ids = [tokenizer(t).input_ids for t in TEXTS[:5]]
+    binding = model_binding(model, tokenizer)
+    profile = Profile(op, binding, GEMMA_EDITS[op])
+    source = resolve_model("gemma3-270m").path
+    patch_gguf(source, [profile], tmp_path / "patched.gguf", progress=False)
+    base_kl, base_top1 = compare(hf_logits(model, ids), [_gemma_cpp().logits(row) for row in ids])
+    steered_hf = hf_logits(model, ids, compile_plan([profile], binding))
+    kl, top1 = compare(steered_hf, [LlamaCppModel(tmp_path / "patched.gguf").logits(row) for row in ids])
+    moved, _ = compare(steered_hf, hf_logits(model, ids))
+    print(f"gemma3 {op}: KL {kl:.4f} (baseline {base_kl:.4f}, ratio {kl / base_kl:.2f}), top-1 {top1:.3f} "
+          f"(baseline {base_top1:.3f}), the edit itself moves KL {moved:.3f}")
+    assert kl <= 1.5 * base_kl and top1 >= base_top1 - 0.03 and moved > 2 * kl
+
+
+_CACHE: dict = {}
+
+
+def gemma3():
+    if "hf" not in _CACHE:
+        _CACHE["hf"] = load_model("gemma3-270m")
+    return _CACHE["hf"]
+
+
+def _gemma_cpp() -> LlamaCppModel:
+    if "cpp" not in _CACHE:
+        _CACHE["cpp"] = LlamaCppModel(resolve_model("gemma3-270m").path)
+    return _CACHE["cpp"]
