@@ -292,15 +292,21 @@ def patch_command(
     output: Path = typer.Option(..., "--output", "-o", help="Where to write the patched GGUF."),
     strength: Optional[float] = typer.Option(None, "--strength", "-s"),
     allow_repatch: bool = typer.Option(False, "--allow-repatch", help="Patch a file steerkit already patched."),
+    approximate: bool = typer.Option(False, "--approximate",
+                                     help="Gemma: put clamp/add offsets in a control vector next to the output."),
 ) -> None:
     """Write a patched GGUF that stock llama.cpp, llama-cpp-python and ollama load as-is."""
     from runtimes.llamacpp import patch_gguf
     from steerkit.profile import load_profile
 
     loaded = [load_profile(p) for p in profiles]
-    report = patch_gguf(model_file, loaded, output, strength, allow_repatch)
+    report = patch_gguf(model_file, loaded, output, strength, allow_repatch, approximate=approximate)
     typer.echo(f"wrote {report.output}: {report.scaled_rows} up_proj rows rescaled, "
                f"ffn_down bias in layers {list(report.bias_layers) or 'none'}, profile sha256 {report.profile_sha256[:16]}")
+    if report.control_vector:
+        typer.echo(f"APPROXIMATION: clamp/add offsets written to {report.control_vector}; run llama.cpp with "
+                   f"--control-vector {report.control_vector}. They act after the post-FFN norm, so the result is not "
+                   "the same as the HF runtime (see README for the measured divergence).")
 
 
 @app.command("inspect")
@@ -317,6 +323,8 @@ def inspect_command(model_file: Path = typer.Argument(..., help="A GGUF file."))
         typer.echo("not patched by steerkit")
         return
     typer.echo(f"patched by steerkit {embedded['steerkit']} with {', '.join(embedded['names'])} (sha256 {embedded['sha256'][:16]})")
+    if embedded.get("approximation"):
+        typer.echo(embedded["approximation"])
     typer.echo(embedded["yaml"])
 
 

@@ -174,7 +174,15 @@ def test_gemma_clamp_refused_scale_allowed(tmp_path):
         patch_gguf(source, [Profile("c", binding, [Edit(1, 2, "clamp", 1.0)])], tmp_path / "o.gguf", progress=False)
     assert not (tmp_path / "o.gguf").exists()
     report = patch_gguf(source, [Profile("s", binding, [Edit(1, 2, "scale", 2.0)])], tmp_path / "o.gguf", progress=False)
-    assert report.scaled_rows == 1 and report.bias_layers == ()
+    assert report.scaled_rows == 1 and report.bias_layers == () and report.control_vector is None
+    report = patch_gguf(source, [Profile("c", binding, [Edit(1, 2, "clamp", 1.5)])], tmp_path / "a.gguf",
+                        progress=False, approximate=True)
+    from runtimes.llamacpp.cvec import read_control_vector
+
+    assert report.control_vector == tmp_path / "a.cvec.gguf" and report.bias_layers == ()
+    directions = read_control_vector(report.control_vector)
+    np.testing.assert_allclose(directions[1], 1.5 * open_weights(str(source)).down_cols(1)[2], rtol=1e-6)
+    assert "APPROXIMATION" in embedded_profile(open_weights(str(tmp_path / "a.gguf")))["approximation"]
 
 
 def test_disk_full_leaves_no_partial_output(q8_model, tmp_path, monkeypatch):

@@ -38,7 +38,9 @@ from steerkit.weights.gguf_reader import GGUFWeights
 __all__ = ["PatchReport", "patch_gguf", "embedded_profile", "KEY_PREFIX"]
 
 KEY_PREFIX = "steerkit."
-_KEY_NAMES, _KEY_SHA, _KEY_YAML, _KEY_VERSION = (KEY_PREFIX + k for k in ("profile.names", "profile.sha256", "profile.yaml", "version"))
+_KEY_NAMES, _KEY_SHA, _KEY_YAML, _KEY_VERSION, _KEY_APPROX = (
+    KEY_PREFIX + k for k in ("profile.names", "profile.sha256", "profile.yaml", "version", "approximation")
+)
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class PatchReport:
     scaled_rows: int
     bias_layers: tuple[int, ...]
     profile_sha256: str
+    control_vector: Path | None = None  # the approximate additive part, for architectures without an FFN bias
 
 
 def gguf_binding(weights: GGUFWeights) -> ModelBinding:
@@ -63,7 +66,12 @@ def embedded_profile(weights: GGUFWeights) -> dict | None:
     if _KEY_SHA not in file.fields:
         return None
     return {"names": file.value(_KEY_NAMES), "sha256": file.value(_KEY_SHA), "yaml": file.value(_KEY_YAML),
-            "steerkit": file.value(_KEY_VERSION)}
+            "steerkit": file.value(_KEY_VERSION), "approximation": file.value(_KEY_APPROX)}
+
+
+def control_vector_path(output: Path) -> Path:
+    """Where the approximate control vector of a patched file goes: ``OUT.cvec.gguf`` next to it."""
+    return output.with_name(output.name.removesuffix(".gguf") + ".cvec.gguf")
 
 
 def _bias(weights: GGUFWeights, edits: LayerEdits, existing: np.ndarray | None) -> np.ndarray:
@@ -79,6 +87,7 @@ def patch_gguf(
     strength: float | None = None,
     allow_repatch: bool = False,
     progress: bool = True,
+    approximate: bool = False,
 ) -> PatchReport:
     """Write ``output``: ``source`` with ``profiles`` compiled into its weights.
 
@@ -87,6 +96,9 @@ def patch_gguf(
     ``ffn_down`` bias if one is needed, every scaled tensor's quant type has a
     scale field, the file is not already patched (unless ``allow_repatch``).
     The profiles' YAML, names and hash go into ``steerkit.*`` metadata.
+    With ``approximate``, clamp/add edits on an architecture whose llama.cpp
+    graph has no FFN bias (Gemma) go into a control vector next to the output
+    (:func:`control_vector_path`), and the file says it is an approximation.
 
     >>> patch_gguf("model.gguf", [load_profile("dog.yaml")], "dog.gguf")   # doctest: +SKIP
     """
@@ -95,7 +107,8 @@ def patch_gguf(
     profile_yaml = "\n---\n".join(dump_profile(p) for p in profiles)
     if strength is not None:
         profile_yaml += f"\n# strength override: {strength}"
-    return write_patched(weights, plan, output, [p.name for p in profiles], profile_yaml, allow_repatch, progress)
+    return write_patched(weights, plan, output, [p.name for p in profiles], profile_yaml, allow_repatch, progress,
+                         approximate)
 
 
 def write_patched(
@@ -106,6 +119,7 @@ def write_patched(
     profile_yaml: str,
     allow_repatch: bool = False,
     progress: bool = True,
+    approximate: bool = False,
 ) -> PatchReport:
     """Write ``weights``' file with an already compiled ``plan`` applied (see :func:`patch_gguf`)."""
     source, output = weights.path, Path(output)
@@ -125,6 +139,7 @@ def write_patched(
     added: dict[str, np.ndarray] = {}
     row_patches: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     scaled_rows = 0
+    approximation = None
     for layer, edits in merged.items():
         scale = edits.mult != 1.0
         if scale.any():
@@ -137,9 +152,13 @@ def write_patched(
             scaled_rows += int(scale.sum())
         if (edits.add != 0).any():
             if not arch.llama_cpp_ffn_down_bias:
+                if approximate:
+                    approximation = approximation or []
+                    approximation.append(layer)
+                    continue
                 raise SteerkitError(
                     f"{source}: clamp/add edits need a blk.N.ffn_down.bias tensor, which llama.cpp's {arch.name} graph does "
-                    "not load; only scale/ablate edits can be patched into this model"
+                    "not load; only scale/ablate edits can be patched exactly (--approximate puts the rest in a control vector)"
                 )
             name = f"blk.{layer}.ffn_down.bias"
             existing = None
@@ -148,6 +167,13 @@ def write_patched(
             bias = _bias(weights, edits, existing)
             (replaced if name in tensors else added)[name] = bias
 
+    cvec_path = None
+    if approximation:
+        from runtimes.llamacpp.cvec import control_vector, write_control_vector
+
+        vector = control_vector(plan, weights)
+        cvec_path = control_vector_path(output)
+        write_control_vector(vector, weights.info.n_layers, cvec_path)
     digest = hashlib.sha256(profile_yaml.encode()).hexdigest()
     new_kv = [
         pack_string_array_kv(_KEY_NAMES, names),
@@ -155,9 +181,14 @@ def write_patched(
         pack_string_kv(_KEY_YAML, profile_yaml),
         pack_string_kv(_KEY_VERSION, steerkit.__version__),
     ]
+    if approximation:
+        new_kv.append(pack_string_kv(_KEY_APPROX, (
+            f"APPROXIMATION: the additive part of clamp/add edits in layers {approximation} is not in this file; it is "
+            f"the llama.cpp control vector {cvec_path.name} (run with --control-vector {cvec_path.name}), added after "
+            f"{arch.name}'s post-FFN norm instead of inside it. Divergence from the HF runtime: see steerkit's README.")))
     total = sum(t.n_bytes for t in weights.file.tensors)
     with atomic_write(output, suffix=".gguf") as tmp:
         with tqdm(total=total, unit="B", unit_scale=True, desc=f"patch {output.name}", disable=not progress) as bar:
             write_gguf_copy(weights.file, tmp, lambda key: key.startswith(KEY_PREFIX), new_kv, replaced, added, bar.update,
                             row_patches)
-    return PatchReport(output, scaled_rows, tuple(sorted(int(n.split(".")[1]) for n in added)), digest)
+    return PatchReport(output, scaled_rows, tuple(sorted(int(n.split(".")[1]) for n in added)), digest, cvec_path)
