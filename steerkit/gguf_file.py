@@ -42,15 +42,45 @@ class _Truncated(Exception):
 
 
 @dataclass
+class _LazyStrings:
+    """Where a string array lies in the file; decoded only when asked for."""
+
+    data: Any
+    start: int
+    count: int
+
+    def decode(self) -> list[str]:
+        data, pos, unpack = self.data, self.start, _U64.unpack_from
+        strings = []
+        for _ in range(self.count):
+            (length,) = unpack(data, pos)
+            pos += 8
+            strings.append(data[pos : pos + length].decode("utf-8", errors="replace"))
+            pos += length
+        return strings
+
+
+@dataclass
 class GGUFField:
-    """One metadata entry; ``start:end`` is its raw byte span (key included)."""
+    """One metadata entry; ``start:end`` is its raw byte span (key included).
+
+    String arrays (tokenizer vocabularies, merges) are decoded on first use of
+    ``value``: most commands never read the merges.
+    """
 
     key: str
     type: GGUFValueType
     start: int
     end: int
-    value: Any
+    _value: Any
     sub_type: GGUFValueType | None = None
+    _decode: Any = None  # a callable producing the value, for lazily decoded string arrays
+
+    @property
+    def value(self) -> Any:
+        if self._decode is not None:
+            self._value, self._decode = self._decode(), None
+        return self._value
 
 
 @dataclass
@@ -119,21 +149,16 @@ class GGUFFile:
         self.pos += length
         return text
 
-    def _string_array(self, count: int) -> list[str]:
+    def _skip_strings(self, count: int) -> None:
         data, pos, end = self._bytes, self.pos, len(self._bytes)
         unpack = _U64.unpack_from
-        strings = []
         for _ in range(count):
             if pos + 8 > end:
                 raise _Truncated
-            (length,) = unpack(data, pos)
-            pos += 8
-            if pos + length > end:
-                raise _Truncated
-            strings.append(data[pos : pos + length].decode("utf-8", errors="replace"))
-            pos += length
+            pos += 8 + unpack(data, pos)[0]
+        if pos > end:
+            raise _Truncated
         self.pos = pos
-        return strings
 
     def _value(self, value_type: GGUFValueType) -> tuple[Any, GGUFValueType | None]:
         if value_type == GGUFValueType.STRING:
@@ -150,7 +175,9 @@ class GGUFFile:
                 self.pos += size * count
                 return values, item_type
             if item_type == GGUFValueType.STRING:
-                return self._string_array(count), item_type
+                start = self.pos
+                self._skip_strings(count)
+                return _LazyStrings(self._bytes, start, count), item_type
             return [self._value(item_type)[0] for _ in range(count)], item_type
         return self._read(_SCALARS[value_type]), None
 
@@ -169,7 +196,10 @@ class GGUFFile:
             key = self._string()
             value_type = GGUFValueType(self._read("<I"))
             value, sub_type = self._value(value_type)
-            self.fields[key] = GGUFField(key, value_type, start, self.pos, value, sub_type)
+            if isinstance(value, _LazyStrings):
+                self.fields[key] = GGUFField(key, value_type, start, self.pos, None, sub_type, value.decode)
+            else:
+                self.fields[key] = GGUFField(key, value_type, start, self.pos, value, sub_type)
         self.kv_end = self.pos
         infos = []
         for _ in range(n_tensors):
