@@ -70,33 +70,61 @@ def write_gguf_copy(
         for entry in new_kv:
             out.write(entry)
         offset = 0
-        sizes = []
+        offsets, sizes = [], []
         for name, shape, tensor_type, data, tensor in entries:
             size = tensor.n_bytes if tensor is not None else data.nbytes
             if tensor is not None and data is not None and data.nbytes != size:
                 raise ValueError(f"replacement for {name} has {data.nbytes} bytes, expected {size}")
             out.write(_pack_string(name) + struct.pack("<I", len(shape)) + struct.pack(f"<{len(shape)}Q", *shape))
             out.write(struct.pack("<IQ", tensor_type, offset))
+            offsets.append(offset)
             sizes.append(size)
             offset = _pad(offset + size, alignment)
         out.write(b"\0" * (_pad(out.tell(), alignment) - out.tell()))
+        data_start = out.tell()
+        kept = [(entry, off, size) for entry, off, size in zip(entries, offsets, sizes) if entry[4] is not None]
         with open(source.path, "rb") as src:
+            if all(entry[4].offset == off for entry, off, _ in kept):
+                # The usual case: the source's tensors are packed exactly as we lay them out, so the
+                # whole data section is one file-to-file copy; edits are then written over it.
+                end = max((off + size for _, off, size in kept), default=0)
+                out.flush()
+                _copy_range(src, out, source.data_start, end)
+                on_bytes(end)
+                for (name, _, _, data, tensor), off, size in kept:
+                    _overwrite(out, data_start + off, size, tensor, data, row_patches.get(name))
+                out.seek(data_start + end)
+                for (name, _, _, data, tensor), off, size in zip(entries, offsets, sizes):
+                    if tensor is None:
+                        out.write(b"\0" * (data_start + off - out.tell()))
+                        out.write(np.ascontiguousarray(data).tobytes())
+                out.write(b"\0" * (_pad(out.tell() - data_start, alignment) - (out.tell() - data_start)))
+                return
             for (name, _, _, data, tensor), size in zip(entries, sizes):
+                start = out.tell()
                 if data is None:
                     out.flush()
-                    start = out.tell()
                     _copy_range(src, out, tensor.data_offset, size)
-                    if name in row_patches:
-                        rows, row_bytes = row_patches[name]
-                        width = size // int(np.prod(tensor.shape[1:]))
-                        for row, data_row in zip(rows.tolist(), row_bytes):
-                            out.seek(start + row * width)
-                            out.write(np.ascontiguousarray(data_row).tobytes())
-                        out.seek(start + size)
                 else:
                     out.write(np.ascontiguousarray(data).tobytes())
+                if tensor is not None:
+                    _overwrite(out, start, size, tensor, None, row_patches.get(name))
+                out.seek(start + size)
                 out.write(b"\0" * (_pad(size, alignment) - size))
                 on_bytes(size)
+
+
+def _overwrite(out, start: int, size: int, tensor, data, row_patch) -> None:
+    """Write a replaced tensor, or a tensor's patched rows, over the copied bytes at ``start``."""
+    if data is not None:
+        out.seek(start)
+        out.write(np.ascontiguousarray(data).tobytes())
+    if row_patch is not None:
+        rows, row_bytes = row_patch
+        width = size // int(np.prod(tensor.shape[1:]))
+        for row, data_row in zip(rows.tolist(), row_bytes):
+            out.seek(start + row * width)
+            out.write(np.ascontiguousarray(data_row).tobytes())
 
 
 def _copy_range(src, dst, offset: int, size: int) -> None:

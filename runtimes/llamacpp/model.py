@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,9 @@ class LlamaCppModel:
                                            n_threads=n_threads or os.cpu_count())
             except ValueError as exc:
                 raise SteerkitError(f"{self.path}: llama.cpp cannot load this file ({exc})") from exc
+        # Free the model when this object goes, or at interpreter exit while llama_cpp still exists
+        # (its own __del__ fails during module teardown).
+        weakref.finalize(self, self.llm.close)
 
     def set_control_vector(self, directions: dict[int, np.ndarray] | None) -> None:
         """Add ``directions[N]`` to the output of layer ``N`` (llama.cpp's control vector); ``None`` clears it."""
