@@ -17,7 +17,7 @@ import numpy as np
 from steerkit.atlas import Atlas
 from steerkit.cache import atomic_write
 from steerkit.decode import VIEWS
-from steerkit.vocab import display_token, is_word_like
+from steerkit.vocab import is_word_like, token_display
 
 __all__ = ["word_like_counts", "write_atlas_html"]
 
@@ -105,6 +105,7 @@ def write_atlas_html(atlas: Atlas, path: str | Path) -> Path:
     shown = atlas.token_ids[..., :TOKENS_SHOWN]
     used = np.unique(shown)
     remap = {int(old): new for new, old in enumerate(used)}
+    display_token = token_display(atlas.vocab)
     vocab = [display_token(atlas.vocab[int(i)]) for i in used]
     data = []
     for layer in range(atlas.n_layers):

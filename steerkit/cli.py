@@ -31,11 +31,9 @@ def _parse_neuron(address: str) -> tuple[int, int]:
     return int(layer), int(neuron)
 
 
-def _echo_views(top: dict[str, list[tuple[int, str, float]]]) -> None:
-    from steerkit.vocab import display_token
-
+def _echo_views(top: dict[str, list[tuple[int, str, float]]], show) -> None:
     for view, entries in top.items():
-        shown = ", ".join(f"{display_token(tok)!r} {p:.3f}" for _, tok, p in entries)
+        shown = ", ".join(f"{show(tok)!r} {p:.3f}" for _, tok, p in entries)
         typer.echo(f"  {view:7s} {shown}")
 
 
@@ -78,12 +76,14 @@ def neuron_command(
 ) -> None:
     """Show one neuron's read (up_proj row) and write (down_proj column) decodings, both signs."""
     from steerkit.decode import decode_neuron
+    from steerkit.vocab import token_display
     from steerkit.weights import open_weights
 
     layer, neuron = _parse_neuron(address)
-    decoded = decode_neuron(open_weights(model), layer, neuron, top_k)
+    reader = open_weights(model)
+    decoded = decode_neuron(reader, layer, neuron, top_k)
     typer.echo(f"neuron {layer}:{neuron}")
-    _echo_views(decoded.top)
+    _echo_views(decoded.top, token_display(reader.tokens()))
 
 
 @app.command("find")
@@ -96,15 +96,15 @@ def find_command(
     from steerkit.atlas import atlas_for
     from steerkit.decode import VIEWS
     from steerkit.find import find_word
-    from steerkit.vocab import display_token
+    from steerkit.vocab import token_display, word_variants
     from steerkit.weights import open_weights
 
-    from steerkit.vocab import word_variants
 
     reader = open_weights(model)
     word_variants(word, reader.tokens())  # refuse a bad word before building an atlas
     atlas = atlas_for(reader)
     variants, hits = find_word(reader, atlas, word, limit)
+    display_token = token_display(atlas.vocab)
     typer.echo(f"{word!r} as tokens: {', '.join(repr(display_token(t)) for _, t in variants)}")
     for hit in hits:
         view = [v.label for v in VIEWS].index(hit.view)

@@ -12,7 +12,7 @@ import re
 
 from steerkit.errors import SteerkitError
 
-__all__ = ["space_marker", "display_token", "word_variants", "is_word_like", "tokens_from_vocab"]
+__all__ = ["space_marker", "display_token", "token_display", "word_variants", "is_word_like", "tokens_from_vocab"]
 
 _MARKERS = ("Ġ", "▁")
 _WORD_LIKE = re.compile(r"^[Ġ▁][^\W\d_]{3,}$")
@@ -25,10 +25,26 @@ def space_marker(tokens: list[str]) -> str:
     return max(counts, key=counts.get)
 
 
-def display_token(token: str) -> str:
-    """A token as a person should read it: space markers shown as spaces, controls escaped."""
-    text = token.replace("Ġ", " ").replace("▁", " ").replace("Ċ", "\\n").replace("ĉ", "\\t")
-    return text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text
+def display_token(token: str, byte_level: bool = True) -> str:
+    """A token as a person should read it: spaces as spaces, controls escaped.
+
+    ``byte_level`` vocabularies (GPT-2 style, ``Ġ``) spell bytes as stand-in
+    characters (``Ã©`` for é); tokenizers' ByteLevel decoder maps them back.
+    SentencePiece vocabularies (``▁``) hold plain text.
+    """
+    if byte_level:
+        from tokenizers.decoders import ByteLevel
+
+        text = ByteLevel().decode([token])
+    else:
+        text = token.replace("▁", " ")
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
+def token_display(tokens: list[str]):
+    """The :func:`display_token` variant suited to this vocabulary (byte-level or not)."""
+    byte_level = space_marker(tokens) == "Ġ"
+    return lambda token: display_token(token, byte_level)
 
 
 def is_word_like(token: str) -> bool:
