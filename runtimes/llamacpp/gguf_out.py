@@ -1,9 +1,9 @@
 """Write a GGUF that is an existing file plus a few metadata keys and tensors, streaming.
 
-Kept metadata is copied byte for byte from the source header; kept tensors
-are copied from the memory-mapped source (or replaced by patched bytes);
-new tensors go after them.  Nothing but one tensor at a time is ever held in
-memory beyond the page cache.
+Kept metadata is copied byte for byte from the source header; the tensor
+data section is copied file to file with the source's own offsets, then the
+edited bytes are written over it; new tensors go after it.  Only the edited
+bytes are ever held in memory.
 """
 
 from __future__ import annotations
@@ -54,74 +54,58 @@ def write_gguf_copy(
     """Write ``source`` to ``target`` with keys dropped/added and tensors replaced/added.
 
     ``replaced`` tensors must keep their type and byte size; ``added`` ones are
-    F32.  ``row_patches`` maps a tensor to ``(row indices, new row bytes)``:
-    the tensor is copied as is, then those rows are overwritten, so only the
-    edited rows are ever held in memory.
+    F32.  ``row_patches`` maps a tensor to ``(row indices, new row bytes)``.
+    Kept tensors keep their source offsets, so the whole data section is one
+    file-to-file copy; replaced tensors and patched rows are then written over
+    it (only they are ever held in memory), and added tensors go after it.
     """
     row_patches = row_patches or {}
-    kept = [f for f in source.fields.values() if not drop_keys(f.key)]
-    entries = [(t.name, t.shape, t.tensor_type, replaced.get(t.name), t) for t in source.tensors]
-    entries += [(name, tuple(reversed(data.shape)), GGMLQuantizationType.F32, data, None) for name, data in added.items()]
+    fields = [f for f in source.fields.values() if not drop_keys(f.key)]
+    for name, data in replaced.items():
+        size = next(t.n_bytes for t in source.tensors if t.name == name)
+        if data.nbytes != size:
+            raise ValueError(f"replacement for {name} has {data.nbytes} bytes, expected {size}")
     alignment = source.alignment
+    end = max((t.offset + t.n_bytes for t in source.tensors), default=0)
+    infos = [(t.name, t.shape, t.tensor_type, t.offset) for t in source.tensors]
+    added_offsets = []
+    offset = _pad(end, alignment)
+    for name, data in added.items():
+        infos.append((name, tuple(reversed(data.shape)), GGMLQuantizationType.F32, offset))
+        added_offsets.append(offset)
+        offset = _pad(offset + data.nbytes, alignment)
     with open(target, "wb") as out:
-        out.write(b"GGUF" + struct.pack("<IQQ", 3, len(entries), len(kept) + len(new_kv)))
-        for field in kept:
+        out.write(b"GGUF" + struct.pack("<IQQ", 3, len(infos), len(fields) + len(new_kv)))
+        for field in fields:
             out.write(source.raw_field(field.key))
         for entry in new_kv:
             out.write(entry)
-        offset = 0
-        offsets, sizes = [], []
-        for name, shape, tensor_type, data, tensor in entries:
-            size = tensor.n_bytes if tensor is not None else data.nbytes
-            if tensor is not None and data is not None and data.nbytes != size:
-                raise ValueError(f"replacement for {name} has {data.nbytes} bytes, expected {size}")
+        for name, shape, tensor_type, tensor_offset in infos:
             out.write(_pack_string(name) + struct.pack("<I", len(shape)) + struct.pack(f"<{len(shape)}Q", *shape))
-            out.write(struct.pack("<IQ", tensor_type, offset))
-            offsets.append(offset)
-            sizes.append(size)
-            offset = _pad(offset + size, alignment)
+            out.write(struct.pack("<IQ", tensor_type, tensor_offset))
         out.write(b"\0" * (_pad(out.tell(), alignment) - out.tell()))
         data_start = out.tell()
-        kept = [(entry, off, size) for entry, off, size in zip(entries, offsets, sizes) if entry[4] is not None]
+        out.flush()
         with open(source.path, "rb") as src:
-            if all(entry[4].offset == off for entry, off, _ in kept):
-                # The usual case: the source's tensors are packed exactly as we lay them out, so the
-                # whole data section is one file-to-file copy; edits are then written over it.
-                end = max((off + size for _, off, size in kept), default=0)
-                out.flush()
-                _copy_range(src, out, source.data_start, end)
-                on_bytes(end)
-                for (name, _, _, data, tensor), off, size in kept:
-                    _overwrite(out, data_start + off, size, tensor, data, row_patches.get(name))
-                out.seek(data_start + end)
-                for (name, _, _, data, tensor), off, size in zip(entries, offsets, sizes):
-                    if tensor is None:
-                        out.write(b"\0" * (data_start + off - out.tell()))
-                        out.write(np.ascontiguousarray(data).tobytes())
-                out.write(b"\0" * (_pad(out.tell() - data_start, alignment) - (out.tell() - data_start)))
-                return
-            for (name, _, _, data, tensor), size in zip(entries, sizes):
-                start = out.tell()
-                if data is None:
-                    out.flush()
-                    _copy_range(src, out, tensor.data_offset, size)
-                else:
-                    out.write(np.ascontiguousarray(data).tobytes())
-                if tensor is not None:
-                    _overwrite(out, start, size, tensor, None, row_patches.get(name))
-                out.seek(start + size)
-                out.write(b"\0" * (_pad(size, alignment) - size))
-                on_bytes(size)
+            _copy_range(src, out, source.data_start, end)
+        on_bytes(end)
+        for tensor in source.tensors:
+            _overwrite(out, data_start + tensor.offset, tensor, replaced.get(tensor.name), row_patches.get(tensor.name))
+        out.seek(data_start + end)
+        for data, tensor_offset in zip(added.values(), added_offsets):
+            out.write(b"\0" * (data_start + tensor_offset - out.tell()))
+            out.write(np.ascontiguousarray(data).tobytes())
+        out.write(b"\0" * (data_start + offset - out.tell()))
 
 
-def _overwrite(out, start: int, size: int, tensor, data, row_patch) -> None:
+def _overwrite(out, start: int, tensor, data, row_patch) -> None:
     """Write a replaced tensor, or a tensor's patched rows, over the copied bytes at ``start``."""
     if data is not None:
         out.seek(start)
         out.write(np.ascontiguousarray(data).tobytes())
     if row_patch is not None:
         rows, row_bytes = row_patch
-        width = size // int(np.prod(tensor.shape[1:]))
+        width = tensor.n_bytes // int(np.prod(tensor.shape[1:]))
         for row, data_row in zip(rows.tolist(), row_bytes):
             out.seek(start + row * width)
             out.write(np.ascontiguousarray(data_row).tobytes())
