@@ -54,8 +54,7 @@ def control_vector(plan: Plan, weights: WeightReader) -> ControlVector:
             continue
         if layer == 0:
             raise SteerkitError("llama.cpp control vectors cannot act on layer 0; remove or move the layer-0 add/clamp edits")
-        columns = weights.down_columns(layer, edits.neurons[adds])
-        directions[layer] = (edits.add[adds, None].astype(np.float64) * columns).sum(axis=0).astype(np.float32)
+        directions[layer] = weights.down_offset(layer, edits.neurons[adds], edits.add[adds])
     if info.arch.post_ffn_norm and directions:
         left_out.append(f"{info.arch.name}: the post-FFN norm is bypassed, so offsets are approximate")
     return ControlVector(directions, info.arch.name, left_out)

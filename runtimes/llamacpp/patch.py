@@ -75,8 +75,7 @@ def control_vector_path(output: Path) -> Path:
 
 
 def _bias(weights: GGUFWeights, edits: LayerEdits, existing: np.ndarray | None) -> np.ndarray:
-    columns = weights.down_columns(edits.layer, edits.neurons)  # [n, d_model]
-    bias = (edits.add[:, None].astype(np.float64) * columns).sum(axis=0).astype(np.float32)
+    bias = weights.down_offset(edits.layer, edits.neurons, edits.add)
     return bias + existing if existing is not None else bias
 
 

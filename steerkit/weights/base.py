@@ -47,6 +47,14 @@ class WeightReader(ABC):
         """``W_down[:, neurons]`` transposed, ``[n, d_model]`` (readers may avoid reading the whole matrix)."""
         return self.down_cols(layer)[np.asarray(neurons)]
 
+    def down_offset(self, layer: int, neurons: np.ndarray, amounts: np.ndarray) -> np.ndarray:
+        """``sum_j amounts[j] * W_down[:, neurons[j]]``, ``[d_model]`` float32: what constant activations add.
+
+        The bias of a baked clamp/add, and the direction of a control vector.
+        """
+        columns = self.down_columns(layer, neurons)
+        return (np.asarray(amounts, dtype=np.float64)[:, None] * columns).sum(axis=0).astype(np.float32)
+
     @abstractmethod
     def norm_gain(self) -> np.ndarray:
         """The effective final RMSNorm gain ``[d_model]`` (Gemma's +1 applied)."""

@@ -58,15 +58,17 @@ class GGUFWeights(WeightReader):
             raise SteerkitError(f"{self.path}: tensor {name!r} is missing (is this a complete model?)")
         return tensor
 
-    def _matrix(self, kind: MODEL_TENSOR, layer: int) -> np.ndarray:
+    def _layer_tensor(self, kind: MODEL_TENSOR, layer: int):
         self.check_layer(layer)
-        name = TENSOR_NAMES[kind].format(bid=layer) + ".weight"
-        tensor = self._tensor(name)
+        return self._tensor(TENSOR_NAMES[kind].format(bid=layer) + ".weight")
+
+    def _matrix(self, kind: MODEL_TENSOR, layer: int) -> np.ndarray:
+        tensor = self._layer_tensor(kind, layer)
         try:
             values = np.array(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)  # a copy, not a view
         except NotImplementedError as exc:
             raise SteerkitError(
-                f"{self.path}: tensor {name} has type {tensor.tensor_type.name}, which gguf-py cannot dequantize"
+                f"{self.path}: tensor {tensor.name} has type {tensor.tensor_type.name}, which gguf-py cannot dequantize"
             ) from exc
         self.file.release(tensor)  # keep resident memory at one layer, not the whole file
         return values
@@ -87,8 +89,7 @@ class GGUFWeights(WeightReader):
         reading just its quant block per row is hundreds of times cheaper than
         dequantizing the whole matrix.
         """
-        self.check_layer(layer)
-        tensor = self._tensor(TENSOR_NAMES[MODEL_TENSOR.FFN_DOWN].format(bid=layer) + ".weight")
+        tensor = self._layer_tensor(MODEL_TENSOR.FFN_DOWN, layer)
         neurons = np.asarray(neurons, dtype=np.int64)
         block_size, type_size = GGML_QUANT_SIZES[tensor.tensor_type]
         data = tensor.data
