@@ -99,7 +99,6 @@ def find_command(
     from steerkit.vocab import token_display, word_variants
     from steerkit.weights import open_weights
 
-
     reader = open_weights(model)
     word_variants(word, reader.tokens())  # refuse a bad word before building an atlas
     atlas = atlas_for(reader)

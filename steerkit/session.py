@@ -7,6 +7,7 @@ cache, so no cache computed under old edits is ever reused.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -84,9 +85,7 @@ class SteeringSession(_Steering):
         from runtimes.hf.generate import generate_text
 
         self._check(max_new_tokens, temperature)
-        if not self.active:
-            return generate_text(self.model, self.tokenizer, [prompt], max_new_tokens, temperature, seed, on_text)[0]
-        with steered(self.model, self.plan()):
+        with steered(self.model, self.plan()) if self.active else contextlib.nullcontext():
             return generate_text(self.model, self.tokenizer, [prompt], max_new_tokens, temperature, seed, on_text)[0]
 
 

@@ -86,3 +86,15 @@ def test_shipped_dog_profile(smollm2):
     with steered(model, plan):
         text = generate_text(model, tokenizer, [QUESTION], max_new_tokens=20)[0]
     assert "dog" in text.lower(), text
+
+
+def test_steering_session_toggles_profiles():
+    from steerkit.session import SteeringSession
+
+    session = SteeringSession("smollm2-135m")
+    plain = session.generate(QUESTION, 20)
+    session.add_profile("dog")
+    steered_text = session.generate(QUESTION, 20)
+    session.enabled = False
+    assert session.generate(QUESTION, 20) == plain  # steering off: identical to the untouched model
+    assert "dog" in steered_text.lower() and "dog" not in plain.lower()
