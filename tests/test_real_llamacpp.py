@@ -177,14 +177,19 @@ def test_gemma3_clamp_approximation_figure(tmp_path):
     report = patch_gguf(resolve_model("gemma3-270m").path, [profile], tmp_path / "clamp.gguf", progress=False,
                         approximate=True)
     cpp = LlamaCppModel(report.output)
+    rows_only = [cpp.logits(row) for row in ids]  # up rows zeroed, offsets not yet applied
     cpp.set_control_vector(read_control_vector(report.control_vector))
     steered_hf = hf_logits(model, ids, compile_plan([profile], binding))
-    kl, top1 = compare(steered_hf, [cpp.logits(row) for row in ids])
+    approximated = [cpp.logits(row) for row in ids]
+    kl, top1 = compare(steered_hf, approximated)
     base_kl, base_top1 = compare(hf_logits(model, ids), [_gemma_cpp().logits(row) for row in ids])
     moved, _ = compare(steered_hf, hf_logits(model, ids))
     print(f"gemma3 clamp approximation: KL {kl:.4f} vs HF hooks (baseline {base_kl:.4f}, ratio {kl / base_kl:.1f}), "
           f"top-1 {top1:.3f} (baseline {base_top1:.3f}); the exact edit moves KL {moved:.3f}")
     assert np.isfinite(kl)
+    # The control vector is applied (measured: KL 0.0018 with vs without it), but unnormalised offsets are
+    # tiny next to Gemma's residual stream: the approximation is little more than zeroing the clamped neurons.
+    assert compare(rows_only, approximated)[0] > 1e-4
 
 
 _CACHE: dict = {}
