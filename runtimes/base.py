@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Protocol
 from steerkit.errors import SteerkitError
 from steerkit.plan import Plan
 
-__all__ = ["Handle", "Runtime", "RUNTIMES", "register", "get_runtime"]
+__all__ = ["Handle", "Runtime", "Evaluator", "RUNTIMES", "register", "get_runtime"]
 
 
 class Handle(Protocol):
@@ -27,6 +27,18 @@ class Runtime(ABC):
     @abstractmethod
     def attach(self, target: Any, plan: Plan) -> Handle:
         """Apply ``plan`` to ``target``; refuse (before any change) what cannot be done exactly."""
+
+
+class Evaluator(Protocol):
+    """What discovery and evaluation need from a runtime: steered answers and how fluent they are."""
+
+    binding: Any  # steerkit.profile.ModelBinding of the loaded model
+
+    def generate(self, prompts: list[str], plans: list[Plan | None], max_new_tokens: int) -> list[list[str]]:
+        """Greedy answers ``[plan][prompt]`` to chat ``prompts`` under each plan (``None``: unsteered)."""
+
+    def nll(self, prompts: list[str], answers: list[str]) -> list[float]:
+        """Mean NLL (nats/token) of each answer given its prompt under the *unsteered* model."""
 
 
 # name -> "module:Class"; imported on first use so the core never pulls in torch hooks or llama.cpp.

@@ -18,14 +18,15 @@ from runtimes.hf.modules import mlp_module
 from runtimes.hf.positions import PositionTracker
 from steerkit.plan import Plan
 
-__all__ = ["HookHandle", "attach", "steered"]
+__all__ = ["HookHandle", "attach", "attach_rows", "steered"]
 
 
 class _LayerHook:
     """The pre-hook of one ``down_proj``: every edit group touching this layer."""
 
     def __init__(self, groups: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]], tracker: PositionTracker):
-        self.groups = groups  # (positions, neurons, mult, add) on the CPU
+        # (positions, neurons [n], mult, add) on the CPU; mult/add are [n], or [batch, n] for one edit per batch row.
+        self.groups = groups
         self.tracker = tracker
         self._placed: dict[tuple[torch.device, torch.dtype], list] = {}
 
@@ -34,10 +35,15 @@ class _LayerHook:
         key = (device, dtype)
         if key not in self._placed:
             self._placed[key] = [
-                (positions, neurons.to(device), mult.to(device, dtype), add.to(device, dtype))
+                (positions, neurons.to(device), self._rows(mult.to(device, dtype)), self._rows(add.to(device, dtype)))
                 for positions, neurons, mult, add in self.groups
             ]
         return self._placed[key]
+
+    @staticmethod
+    def _rows(values: torch.Tensor) -> torch.Tensor:
+        # Per-row values [batch, n] broadcast over the sequence axis of h [batch, seq, n].
+        return values.unsqueeze(1) if values.dim() == 2 else values
 
     def __call__(self, module: torch.nn.Module, args: tuple) -> tuple:
         h = args[0]
@@ -86,6 +92,35 @@ def attach(model: torch.nn.Module, plan: Plan) -> HookHandle:
             per_layer.setdefault(edits.layer, []).append(
                 (group.positions, torch.from_numpy(edits.neurons), torch.from_numpy(edits.mult), torch.from_numpy(edits.add))
             )
+    return _hook_layers(model, per_layer)
+
+
+def attach_rows(model: torch.nn.Module, plans: list[Plan]) -> HookHandle:
+    """Hook one plan per batch row: row ``b`` of every batch is edited by ``plans[b]`` only.
+
+    Used to run many candidate profiles (a strength sweep) in one batch.  A
+    row's plan may hold several profiles; they apply in order, as in
+    :func:`attach`.  Batches must have exactly ``len(plans)`` rows.
+    """
+    stages: dict[tuple[int, int, str], dict[tuple[int, int], tuple[float, float]]] = {}
+    for row, plan in enumerate(plans):
+        for order, group in enumerate(plan.groups):
+            for edits in group.layers:
+                stage = stages.setdefault((edits.layer, order, group.positions), {})
+                for j, m, a in zip(edits.neurons.tolist(), edits.mult.tolist(), edits.add.tolist()):
+                    stage[(row, j)] = (m, a)
+    per_layer: dict[int, list] = {}
+    for (layer, _, positions), values in sorted(stages.items()):
+        neurons = sorted({j for _, j in values})
+        column = {j: k for k, j in enumerate(neurons)}
+        mult, add = torch.ones(len(plans), len(neurons)), torch.zeros(len(plans), len(neurons))
+        for (row, j), (m, a) in values.items():
+            mult[row, column[j]], add[row, column[j]] = m, a
+        per_layer.setdefault(layer, []).append((positions, torch.tensor(neurons, dtype=torch.int64), mult, add))
+    return _hook_layers(model, per_layer)
+
+
+def _hook_layers(model: torch.nn.Module, per_layer: dict[int, list]) -> HookHandle:
     modules = {layer: mlp_module(model, layer).down_proj for layer in per_layer}  # resolve all before hooking
     tracker = PositionTracker()
     handles = [model.register_forward_pre_hook(tracker.before_forward, with_kwargs=True)]

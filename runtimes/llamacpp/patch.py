@@ -56,8 +56,7 @@ class PatchReport:
 
 def gguf_binding(weights: GGUFWeights) -> ModelBinding:
     """The profile binding of a GGUF model."""
-    info = weights.info
-    return ModelBinding(info.arch.name, info.n_layers, info.d_model, info.d_ff, info.vocab_size, vocab_sha256(weights.tokens()))
+    return weights.binding()
 
 
 def embedded_profile(weights: GGUFWeights) -> dict | None:

@@ -71,6 +71,14 @@ class WeightReader(ABC):
     def fingerprint(self) -> str:
         """sha256 of the model's files: the key of everything cached about it."""
 
+    def binding(self):
+        """The :class:`steerkit.profile.ModelBinding` a profile must match to apply to this model."""
+        from steerkit.profile import ModelBinding, vocab_sha256
+
+        info = self.info
+        return ModelBinding(info.arch.name, info.n_layers, info.d_model, info.d_ff, info.vocab_size,
+                            vocab_sha256(self.tokens()))
+
     def check_layer(self, layer: int) -> None:
         """Raise a one-line error unless ``layer`` exists."""
         if not 0 <= layer < self.info.n_layers:

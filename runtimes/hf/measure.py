@@ -1,0 +1,113 @@
+"""Measurements on a transformers model that discovery and evaluation need.
+
+- :func:`activation_scale`: how large each neuron's activation ``h`` gets on a text;
+- :func:`generate_rows`: greedy answers with a different plan on every batch row;
+- :func:`answer_nll`: how surprising answers are to the (unsteered) model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from runtimes.hf.generate import build_inputs
+from runtimes.hf.hooks import attach_rows
+from runtimes.hf.modules import mlp_module
+from steerkit.plan import Plan
+
+__all__ = ["activation_scale", "generate_rows", "answer_nll", "HFEvaluator"]
+
+
+@torch.no_grad()
+def activation_scale(model, tokenizer, text: str) -> np.ndarray:
+    """Per-neuron ``max |h|`` over the tokens of ``text``: ``[n_layers, d_ff]``.
+
+    One forward pass with a pre-hook on every ``down_proj`` (whose input is ``h``).
+    """
+    n_layers = model.config.num_hidden_layers
+    peaks: list[torch.Tensor | None] = [None] * n_layers
+
+    def recorder(layer: int):
+        def hook(module, args):
+            peaks[layer] = args[0].detach().abs().flatten(0, -2).amax(dim=0).float().cpu()
+        return hook
+
+    handles = [mlp_module(model, layer).down_proj.register_forward_pre_hook(recorder(layer)) for layer in range(n_layers)]
+    try:
+        ids = tokenizer(text, return_tensors="pt").input_ids.to(model.device)
+        model(ids)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return torch.stack(peaks).numpy()
+
+
+@torch.no_grad()
+def generate_rows(model, tokenizer, prompts: list[str], plans: list[Plan | None], max_new_tokens: int,
+                  batch_size: int = 48, progress: bool = False) -> list[list[str]]:
+    """Greedy answers of every prompt under every plan: ``answers[plan][prompt]``.
+
+    All (plan, prompt) pairs are generated in batches with per-row hooks, so a
+    whole strength sweep costs a few batched generations instead of one per
+    answer.  ``None`` means unsteered.
+    """
+    rows = [(p, plan) for plan in range(len(plans)) for p in range(len(prompts))]
+    batch_size = -(-len(rows) // -(-len(rows) // batch_size))  # equal batches, none larger than asked
+    texts: list[str] = []
+    empty = Plan((), ())
+    starts = range(0, len(rows), batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc=f"generating {len(rows)} answers", unit="batch", leave=False)
+    for start in starts:
+        chunk = rows[start:start + batch_size]
+        inputs = build_inputs(tokenizer, [prompts[p] for p, _ in chunk], model.device)
+        handle = attach_rows(model, [plans[k] or empty for _, k in chunk])
+        try:
+            output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
+                                    top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id)
+        finally:
+            handle.remove()
+        texts += tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    return [texts[k * len(prompts):(k + 1) * len(prompts)] for k in range(len(plans))]
+
+
+@torch.no_grad()
+def answer_nll(model, tokenizer, prompts: list[str], answers: list[str], batch_size: int = 32) -> list[float]:
+    """Mean negative log-likelihood (nats/token) of each answer given its chat prompt, under ``model`` as it is."""
+    results: list[float] = []
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    for start in range(0, len(prompts), batch_size):
+        prompt_inputs = build_inputs(tokenizer, prompts[start:start + batch_size], model.device)
+        answer_ids = [tokenizer(a, add_special_tokens=False).input_ids or [tokenizer.eos_token_id]
+                      for a in answers[start:start + batch_size]]
+        width = max(len(a) for a in answer_ids)
+        answer = torch.tensor([a + [pad] * (width - len(a)) for a in answer_ids], device=model.device)
+        answer_mask = torch.tensor([[1] * len(a) + [0] * (width - len(a)) for a in answer_ids], device=model.device)
+        ids = torch.cat([prompt_inputs["input_ids"], answer], dim=1)
+        mask = torch.cat([prompt_inputs["attention_mask"], answer_mask], dim=1)
+        start_logit = prompt_inputs["input_ids"].shape[1] - 1
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, start_logit:-1].float()
+        token_nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), answer, reduction="none")
+        results += ((token_nll * answer_mask).sum(1) / answer_mask.sum(1)).tolist()
+    return results
+
+
+class HFEvaluator:
+    """:class:`runtimes.base.Evaluator` for a transformers model (batched, one plan per batch row)."""
+
+    def __init__(self, model, tokenizer, progress: bool = False) -> None:
+        from runtimes.hf.modules import model_binding
+
+        self.model, self.tokenizer, self.progress = model, tokenizer, progress
+        self.binding = model_binding(model, tokenizer)
+
+    def generate(self, prompts: list[str], plans: list[Plan | None], max_new_tokens: int) -> list[list[str]]:
+        return generate_rows(self.model, self.tokenizer, prompts, plans, max_new_tokens, progress=self.progress)
+
+    def nll(self, prompts: list[str], answers: list[str]) -> list[float]:
+        return answer_nll(self.model, self.tokenizer, prompts, answers)
+
+    def activation_scale(self, text: str) -> np.ndarray:
+        return activation_scale(self.model, self.tokenizer, text)
