@@ -191,15 +191,16 @@ def build_atlas(reader: WeightReader, top_k: int = 10, progress: bool = True) ->
     token_ids = np.empty((info.n_layers, info.d_ff, len(VIEWS), top_k), dtype=np.int32)
     probs = np.empty((info.n_layers, info.d_ff, len(VIEWS), top_k), dtype=np.float32)
     lse = np.empty((info.n_layers, info.d_ff, len(VIEWS)), dtype=np.float32)
-    steps = tqdm(total=info.n_layers * len(SIDES), desc=f"atlas {info.label}", unit="matrix", disable=not progress)
-    for layer in range(info.n_layers):
-        for side_index, side in enumerate(SIDES):
-            vectors = reader.up_rows(layer) if side == "read" else reader.down_cols(layer)
-            ids, p, l = decode_side(torch.from_numpy(vectors), gain, unembedding_t, info.rms_eps, top_k)
-            views = slice(2 * side_index, 2 * side_index + 2)
-            token_ids[layer, :, views], probs[layer, :, views], lse[layer, :, views] = ids, p, l
-            steps.update()
-    steps.close()
+    # leave=False: on an error the bar is cleared, so the one-line error message is the last thing shown.
+    with tqdm(total=info.n_layers * len(SIDES), desc=f"atlas {info.label}", unit="matrix", disable=not progress,
+              leave=False) as steps:
+        for layer in range(info.n_layers):
+            for side_index, side in enumerate(SIDES):
+                vectors = reader.up_rows(layer) if side == "read" else reader.down_cols(layer)
+                ids, p, l = decode_side(torch.from_numpy(vectors), gain, unembedding_t, info.rms_eps, top_k)
+                views = slice(2 * side_index, 2 * side_index + 2)
+                token_ids[layer, :, views], probs[layer, :, views], lse[layer, :, views] = ids, p, l
+                steps.update()
     meta = {
         "model": info.label,
         "fingerprint": reader.fingerprint(),

@@ -261,27 +261,151 @@ def _show_edits(session) -> None:
             typer.echo(f"    {edit.layer}:{edit.neuron} {edit.op} {edit.value:g}  {' '.join(edit.tokens[:5])}")
 
 
+def _discovery_tools(model: Optional[str], progress: bool = True, word: Optional[str] = None):
+    """(weights, atlas, transformers evaluator) for discovery and evaluation on ``model``.
+
+    ``word`` is checked against the vocabulary before the model is loaded.
+    """
+    from runtimes.hf import load_model
+    from runtimes.hf.measure import HFEvaluator
+    from steerkit.atlas import atlas_for
+    from steerkit.concept import concept_from_word
+    from steerkit.weights import open_weights
+
+    reader = open_weights(model)
+    atlas = atlas_for(reader, progress=progress)
+    if word is not None:
+        concept_from_word(word, atlas.vocab)
+    loaded, tokenizer = load_model(model)
+    return reader, atlas, HFEvaluator(loaded, tokenizer, progress=progress)
+
+
+def _echo_discovery(found) -> None:
+    calibration = found.profile.provenance["calibration"]
+    base = found.baseline
+    typer.echo(f"{'setting':>16s}  mentions  nll    repetition  diversity  budget")
+    typer.echo(f"{'unsteered':>16s}  {base.mention_rate:8.2f}  {base.nll:5.2f}  {base.repetition:10.2f}  {base.diversity:9.2f}")
+    for point in found.sweep:
+        mark = "  <- chosen" if point is found.chosen else ""
+        label = f"{point.setting.n_neurons} x {point.setting.multiple:g}"
+        typer.echo(f"{label:>16s}  {point.stats.mention_rate:8.2f}  {point.stats.nll:5.2f}  {point.stats.repetition:10.2f}"
+                   f"  {point.stats.diversity:9.2f}  {'ok' if point.in_budget else 'over'}{mark}")
+    typer.echo(f"{len(found.profile.edits)} edits, positions {found.profile.positions}; "
+               f"calibrated in {calibration['seconds']} s")
+
+
+@app.command("discover")
+def discover_command(
+    concept: str = typer.Argument(..., help="A concept word, e.g. dog, Paris, coffee."),
+    model: Optional[str] = ModelOption,
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Profile file to write (default: steerkit's cache)."),
+    suppress: bool = typer.Option(False, "--suppress", help="Make the model avoid the concept instead."),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="Calibration prompts, one per line (default: built in)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only print the profile path."),
+) -> None:
+    """Find the neurons for CONCEPT, calibrate their values on the model, and write a profile."""
+    from steerkit.discover import discover, discovered_profile_path
+    from steerkit.profile import save_profile
+    from steerkit.prompts import read_prompts
+
+    prompt_list = read_prompts(prompts) if prompts else None
+    if not concept.strip():
+        raise SteerkitError("the concept word is empty: give a word such as 'dog'")
+    reader, atlas, evaluator = _discovery_tools(model, progress=not quiet, word=concept)
+    found = discover(concept, reader, atlas, evaluator, suppress=suppress, prompts=prompt_list,
+                     log=(lambda message: None) if quiet else typer.echo)
+    target = output or discovered_profile_path(reader, concept, suppress)
+    save_profile(found.profile, target)
+    if not quiet:
+        _echo_discovery(found)
+    typer.echo(f"wrote {target}")
+
+
+@app.command("eval")
+def eval_command(
+    profile: str = typer.Argument(..., help="A profile file or the name of a shipped profile."),
+    model: Optional[str] = ModelOption,
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompts, one per line (default: built-in set)."),
+    concept: Optional[str] = typer.Option(None, "--concept", help="Word to count (default: the profile's concept)."),
+    output: Path = typer.Option(Path("eval.json"), "--output", "-o", help="JSON report; the plot goes next to it (.png)."),
+    max_tokens: int = typer.Option(40, "--max-tokens", "-n"),
+    runtime: str = RuntimeOption,
+) -> None:
+    """Mention rate and fluency of PROFILE on neutral prompts, against the unsteered model, over strengths."""
+    from steerkit.evaluate import evaluate, profile_concept, write_report
+    from steerkit.plan import check_binding
+    from steerkit.profile import load_profile
+    from steerkit.prompts import read_prompts
+    from steerkit.session import profile_path
+
+    loaded = load_profile(profile_path(profile))
+    prompt_list = read_prompts(prompts) if prompts else None
+    if max_tokens < 1:
+        raise SteerkitError(f"--max-tokens must be at least 1, got {max_tokens}")
+    if runtime not in ("hf", "llama.cpp"):
+        raise SteerkitError(f"--runtime {runtime!r}: expected hf or llama.cpp")
+    if runtime == "llama.cpp":
+        from runtimes.llamacpp.measure import LlamaCppEvaluator
+        from steerkit.atlas import atlas_for
+        from steerkit.sources import resolve_model
+        from steerkit.weights import open_weights
+
+        source = resolve_model(model)
+        if source.kind != "gguf":
+            raise SteerkitError(f"model {source.name}: the llama.cpp runtime needs a GGUF model")
+        atlas = atlas_for(open_weights(source))
+        evaluator = LlamaCppEvaluator(source.path)
+    else:
+        _, atlas, evaluator = _discovery_tools(model)
+    check_binding(loaded, evaluator.binding)
+    report = evaluate(loaded, evaluator, profile_concept(loaded, atlas.vocab, concept), prompt_list,
+                      max_new_tokens=max_tokens)
+    write_report(report, output, output.with_suffix(".png"))
+    typer.echo(f"{report.profile}: {report.goal} {report.concept!r} on {len(report.prompts)} prompts, "
+               f"{max_tokens} tokens, runtime {runtime}")
+    typer.echo("strength  mentions  nll    repetition  diversity")
+    for strength, stats in zip(report.strengths, report.stats):
+        typer.echo(f"{strength:8.2f}  {stats.mention_rate:8.2f}  {stats.nll:5.2f}  {stats.repetition:10.2f}  {stats.diversity:9.2f}")
+    typer.echo(f"wrote {output} and {output.with_suffix('.png')}")
+
+
 @app.command("steer")
 def steer_command(
-    concept: str = typer.Argument(..., help="A concept with a shipped profile, e.g. dog"),
+    concept: str = typer.Argument(..., help="A concept word, e.g. dog (a shipped, cached or freshly discovered profile)."),
     prompt: str = typer.Argument(..., help="The user message."),
     model: Optional[str] = ModelOption,
     max_tokens: int = typer.Option(60, "--max-tokens", "-n"),
     runtime: str = RuntimeOption,
+    suppress: bool = typer.Option(False, "--suppress", help="Steer away from the concept."),
 ) -> None:
-    """Show the unsteered and steered answers to PROMPT for CONCEPT's shipped profile."""
-    from steerkit.session import shipped_profile
+    """Show the unsteered and steered answers to PROMPT, side by side.
 
-    if shipped_profile(concept) is None:
-        raise SteerkitError(
-            f"no shipped profile for {concept!r} in profiles/; automatic discovery from a word is not implemented yet"
-        )
-    session = _session(model, [concept], None, "float32", "cpu", runtime)
+    Uses the shipped profile for CONCEPT when it fits the model, else a profile
+    discovered earlier (cached), else discovers one now (about a minute).
+    """
+    from steerkit.discover import profile_for_concept
+
+    if not concept.strip():
+        raise SteerkitError("the concept word is empty: give a word such as 'dog'")
+    profile, origin = profile_for_concept(concept, model, suppress, log=typer.echo)
+    typer.echo(f"profile: {profile} ({origin})")
+    session = _session(model, [str(profile)], None, "float32", "cpu", runtime)
     session.enabled = False
-    plain = session.generate(prompt, max_tokens)
+    plain = session.generate(prompt, max_tokens).strip()
     session.enabled = True
-    steered_text = session.generate(prompt, max_tokens)
-    typer.echo(f"--- unsteered ---\n{plain.strip()}\n--- steered ({concept}) ---\n{steered_text.strip()}")
+    steered_text = session.generate(prompt, max_tokens).strip()
+    _side_by_side(("unsteered", plain), (f"steered: {'no ' if suppress else ''}{concept}", steered_text))
+
+
+def _side_by_side(left: tuple[str, str], right: tuple[str, str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_lines=False, expand=True)
+    table.add_column(left[0], ratio=1)
+    table.add_column(right[0], ratio=1)
+    table.add_row(left[1], right[1])
+    Console(width=max(100, Console().width)).print(table)
 
 
 @app.command("patch")

@@ -28,6 +28,13 @@ def gguf(tmp_path):
         (["find", ""], "empty"),
         (["map", "--side", "up"], "--side"),
         (["map", "--top-k", "0"], "top-k"),
+        (["discover", ""], "empty"),
+        (["discover", "  "], "empty"),
+        (["discover", "zebra"], "absent from this model's vocabulary"),
+        (["discover", "two words"], "one word"),
+        (["discover", "dog", "--prompts", "missing.txt"], "cannot read prompts"),
+        (["eval", "nope.yaml"], "cannot read profile"),
+        (["steer", "", "hi"], "empty"),
     ],
 )
 def test_bad_input_is_one_line(gguf, args, message):
@@ -85,3 +92,25 @@ def test_patch_inspect_export_cvec(gguf, tmp_path):
     assert result.returncode == 0 and "layers [1]" in result.stdout and "approximation" in result.stdout
     result = run_cli("patch", gguf, str(profile), "-o", str(tmp_path / "nodir" / "x.gguf"))
     assert result.returncode == 1 and "cannot write" in result.stderr
+
+
+def test_discover_refuses_a_model_without_mlp_tensors(tmp_path):
+    """A GGUF that lacks the FFN tensors discovery reads gets one line naming the missing tensor."""
+    from gguf import GGUFReader, GGUFWriter
+
+    source = GGUFReader(save_gguf(tiny_model("llama"), tmp_path / "full.gguf"))
+    writer = GGUFWriter(str(tmp_path / "no-ffn.gguf"), "llama")
+    for key in ("llama.block_count", "llama.embedding_length", "llama.feed_forward_length",
+                "llama.attention.layer_norm_rms_epsilon", "tokenizer.ggml.model", "tokenizer.ggml.tokens"):
+        field = source.fields[key]
+        writer.add_key_value(key, field.contents(), field.types[0], field.types[-1] if len(field.types) > 1 else None)
+    for tensor in source.tensors:
+        if "ffn_up" not in tensor.name:
+            writer.add_tensor(tensor.name, tensor.data.copy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    result = run_cli("discover", "dog", "--model", str(tmp_path / "no-ffn.gguf"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error:") and "ffn_up" in result.stderr, result.stderr

@@ -1,0 +1,244 @@
+"""From a concept word to a calibrated steering profile.
+
+1. **Neurons**: :func:`steerkit.candidates.rank_candidates` ranks every neuron
+   by how much its write side (with the promoting sign) and read side decode
+   to the concept's tokens.
+2. **Units**: each neuron's largest ``|h|`` on the shipped reference text.
+   Activation scales differ by orders of magnitude between layers, so edit
+   values are expressed as multiples of this unit.
+3. **Sweep**: every (number of neurons, multiple) setting answers the
+   calibration prompts in one batched generation; each setting gets a
+   concept mention rate and three fluency figures: the answers' NLL under
+   the unsteered model (given their prompts), their trigram repetition, and
+   their diversity across prompts (distinct word pairs over all answers: it
+   falls when every prompt gets the same answer, the sign of an edit that
+   drowns the prompt).
+4. **Choice**: the setting with the best mention rate (highest to promote,
+   lowest to suppress) whose fluency stays inside the budget
+   (:class:`Budget`); ties go to the more fluent setting.
+
+Promoting profiles *add* ``sign * multiple * unit`` to each neuron at the
+**prompt positions only**: the model then reads a prompt that leans towards
+the concept and writes its answer freely.  Clamping the same neurons at every
+position makes a logit bias that sends answers into loops ("dog dog dog"),
+measured in DESIGN.md and again by this sweep's repetition figure.
+Suppressing profiles *clamp* the neurons to the opposite sign at **every
+position**, since the concept must be held down wherever it would come up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+import steerkit
+from steerkit.atlas import Atlas
+from steerkit.candidates import Candidate, rank_candidates
+from steerkit.concept import Concept, concept_from_word
+from steerkit.errors import SteerkitError
+from steerkit.metrics import AnswerStats, answer_stats
+from steerkit.plan import Plan, compile_plan
+from steerkit.profile import Edit, Profile
+from steerkit.prompts import builtin_prompts, reference_text
+from steerkit.weights import WeightReader
+
+__all__ = ["Budget", "Setting", "SweepPoint", "Discovery", "discover", "build_profile", "discovered_profile_path",
+           "profile_for_concept"]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much fluency a profile may cost, relative to the unsteered model on the same prompts."""
+
+    nll: float = 1.5  # extra nats/token of the answers under the unsteered model
+    repetition: float = 0.10  # extra repeated-trigram fraction
+    diversity: float = 0.6  # distinct word pairs across answers, at least this fraction of the unsteered figure
+
+    def allows(self, point: AnswerStats, base: AnswerStats) -> bool:
+        return (point.nll - base.nll <= self.nll and point.repetition - base.repetition <= self.repetition
+                and point.diversity >= self.diversity * base.diversity)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One sweep setting: the first ``n_neurons`` candidates at ``multiple`` times their unit."""
+
+    n_neurons: int
+    multiple: float
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    setting: Setting
+    stats: AnswerStats
+    in_budget: bool
+
+
+@dataclass
+class Discovery:
+    """What :func:`discover` found: the profile and the figures behind it."""
+
+    profile: Profile
+    concept: Concept
+    candidates: list[Candidate]
+    baseline: AnswerStats
+    sweep: list[SweepPoint]
+    chosen: SweepPoint
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+
+PROMOTE_MULTIPLES = (8.0, 16.0, 32.0)
+SUPPRESS_MULTIPLES = (2.0, 4.0, 8.0)
+NEURON_COUNTS = (1, 2, 4, 8)
+_MIN_UNIT = 0.05  # floor for neurons that barely fire on the reference text
+
+
+def build_profile(concept: Concept, candidates: list[Candidate], units: np.ndarray, setting: Setting,
+                  suppress: bool, binding) -> Profile:
+    """The profile for one sweep setting (provenance is added by :func:`discover`)."""
+    edits = []
+    for candidate in candidates[: setting.n_neurons]:
+        unit = max(float(units[candidate.layer, candidate.neuron]), _MIN_UNIT)
+        value = round(candidate.sign * setting.multiple * unit * (-1 if suppress else 1), 3)
+        edits.append(Edit(candidate.layer, candidate.neuron, "clamp" if suppress else "add", value,
+                          candidate.tokens, round(candidate.score, 4)))
+    verb = "Avoid" if suppress else "Talk about"
+    how = (f"clamps {len(edits)} neuron(s) that write {concept.word!r} against it at every position"
+           if suppress else
+           f"adds to {len(edits)} neuron(s) that write {concept.word!r} on the prompt positions")
+    return Profile(
+        name=f"{'no-' if suppress else ''}{concept.word.lower()}",
+        model=binding,
+        edits=edits,
+        description=f"{verb} {concept.word}: {how} ({setting.multiple:g}x their peak on the reference text). "
+                    f"Made by steerkit discover.",
+        positions="all" if suppress else "prompt",
+    )
+
+
+def discover(word: str, reader: WeightReader, atlas: Atlas, evaluator, suppress: bool = False,
+             prompts: list[str] | None = None, budget: Budget = Budget(), max_new_tokens: int = 20,
+             log: Callable[[str], None] = lambda message: None) -> Discovery:
+    """Find, calibrate and choose a profile for ``word`` (see the module doc for the method).
+
+    ``evaluator`` is a runtime's :class:`runtimes.base.Evaluator` that also has
+    ``activation_scale(text)`` (the transformers one does).  ``prompts``
+    default to the built-in calibration set (promote) or elicit set (suppress).
+    """
+    started = time.perf_counter()
+    concept = concept_from_word(word, atlas.vocab)
+    notes = [concept.note] if concept.note else []
+    for note in notes:
+        log(note)
+    log(f"concept tokens: {', '.join(concept.tokens)}")
+    candidates = rank_candidates(reader, atlas, concept, limit=max(NEURON_COUNTS))
+    for c in candidates:
+        log(f"  {c.layer}:{c.neuron} write{'+' if c.sign > 0 else '-'} p={c.write_prob:.3f} x{c.specificity:.2f} "
+            f"{c.read_view} p={c.read_prob:.3f}  {' '.join(c.tokens)}")
+
+    units = evaluator.activation_scale(reference_text())
+    prompts = prompts or builtin_prompts("elicit" if suppress else "calibration")
+    settings = [Setting(n, m) for n in NEURON_COUNTS if n <= len(candidates)
+                for m in (SUPPRESS_MULTIPLES if suppress else PROMOTE_MULTIPLES)]
+    profiles = [build_profile(concept, candidates, units, s, suppress, evaluator.binding) for s in settings]
+    plans: list[Plan | None] = [None] + [compile_plan([p]) for p in profiles]
+    log(f"sweep: {len(settings)} settings x {len(prompts)} prompts, {max_new_tokens} tokens each")
+    answers = evaluator.generate(prompts, plans, max_new_tokens)
+    flat_nll = evaluator.nll([p for _ in answers for p in prompts], [a for row in answers for a in row])
+    stats = [answer_stats(concept, row, flat_nll[k * len(prompts):(k + 1) * len(prompts)])
+             for k, row in enumerate(answers)]
+    baseline = stats[0]
+    sweep = [SweepPoint(s, st, budget.allows(st, baseline)) for s, st in zip(settings, stats[1:])]
+
+    def goodness(point: SweepPoint) -> tuple:
+        rate = -point.stats.mention_rate if suppress else point.stats.mention_rate
+        return (point.in_budget, rate, -point.stats.nll)
+
+    chosen = max(sweep, key=goodness)
+    if not chosen.in_budget:
+        notes.append("no setting kept fluency inside the budget; chose the best mention rate regardless")
+        log(notes[-1])
+    profile = profiles[settings.index(chosen.setting)]
+    seconds = time.perf_counter() - started
+    profile.provenance = _provenance(concept, candidates, baseline, sweep, chosen, budget, prompts, suppress,
+                                     seconds, notes, reader)
+    return Discovery(profile, concept, candidates, baseline, sweep, chosen, seconds, notes)
+
+
+def _provenance(concept, candidates, baseline, sweep, chosen, budget, prompts, suppress, seconds, notes,
+                reader) -> dict:
+    def row(point: SweepPoint) -> dict:
+        return {"neurons": point.setting.n_neurons, "multiple": point.setting.multiple, **point.stats.as_dict(),
+                "in_budget": point.in_budget}
+
+    return {
+        "method": f"steerkit discover {'--suppress ' if suppress else ''}{concept.word}",
+        "goal": "suppress" if suppress else "promote",
+        "steerkit_version": steerkit.__version__,
+        "model": reader.info.label,
+        "concept": {"word": concept.word, "tokens": list(concept.tokens), **({"note": concept.note} if concept.note else {})},
+        "candidates": [
+            {"neuron": f"{c.layer}:{c.neuron}", "sign": c.sign, "write_prob": round(c.write_prob, 4), "specificity": round(c.specificity, 3),
+             "read_prob": round(c.read_prob, 4), "read_view": c.read_view, "tokens": list(c.tokens)}
+            for c in candidates
+        ],
+        "calibration": {
+            "units": "max |activation| per neuron on steerkit/data/reference.txt",
+            "reference_sha256": hashlib.sha256(reference_text().encode()).hexdigest()[:16],
+            "prompts": len(prompts),
+            "prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest()[:16],
+            "budget": {"nll": budget.nll, "repetition": budget.repetition, "diversity": budget.diversity},
+            "unsteered": baseline.as_dict(),
+            "sweep": [row(p) for p in sweep],
+            "chosen": row(chosen),
+            "seconds": round(seconds, 1),
+        },
+        **({"notes": notes} if notes else {}),
+    }
+
+
+def discovered_profile_path(reader: WeightReader, word: str, suppress: bool = False):
+    """Where ``discover`` caches the profile for ``word`` on this model (and ``steer`` looks for it)."""
+    from steerkit.cache import cache_dir
+
+    name = f"{'no-' if suppress else ''}{word.strip().lower()}"
+    return cache_dir("profiles") / f"{reader.fingerprint()[:16]}-{name}.yaml"
+
+
+def profile_for_concept(word: str, model: str | None = None, suppress: bool = False,
+                        log: Callable[[str], None] = lambda message: None):
+    """A profile path for ``word``: shipped (if it fits the model), cached, or discovered now.
+
+    Returns ``(path, origin)`` with origin ``"shipped"``, ``"cached"`` or ``"discovered"``.
+    """
+    from steerkit.plan import check_binding
+    from steerkit.profile import load_profile, save_profile
+    from steerkit.session import shipped_profile
+    from steerkit.weights import open_weights
+
+    reader = open_weights(model)
+    name = f"{'no-' if suppress else ''}{word.strip().lower()}"
+    shipped = shipped_profile(name)
+    if shipped is not None:
+        try:
+            check_binding(load_profile(shipped), reader.binding())
+            return shipped, "shipped"
+        except SteerkitError:
+            pass  # made for another model: discover for this one
+    cached = discovered_profile_path(reader, word, suppress)
+    if cached.is_file():
+        return cached, "cached"
+    from runtimes.hf import load_model
+    from runtimes.hf.measure import HFEvaluator
+    from steerkit.atlas import atlas_for
+
+    log(f"no profile for {name!r} on {reader.info.label} yet: discovering one (about a minute)")
+    model_obj, tokenizer = load_model(model)
+    found = discover(word, reader, atlas_for(reader), HFEvaluator(model_obj, tokenizer), suppress=suppress, log=log)
+    save_profile(found.profile, cached)
+    return cached, "discovered"

@@ -1,0 +1,168 @@
+"""Discovery pieces on tiny models: candidate signs, per-row hooks, the sweep's choice, the profile it writes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from runtimes.hf import attach, model_binding
+from runtimes.hf.hooks import attach_rows
+from runtimes.hf.measure import HFEvaluator, activation_scale, answer_nll, generate_rows
+from steerkit.atlas import build_atlas
+from steerkit.candidates import rank_candidates
+from steerkit.concept import concept_from_word
+from steerkit.discover import Budget, discover
+from steerkit.metrics import AnswerStats
+from steerkit.plan import compile_plan
+from steerkit.profile import Edit, Profile, dump_profile, parse_profile
+from steerkit.weights import open_weights
+from tiny_models import save_gguf, tiny_model
+
+
+@pytest.fixture
+def planted(tmp_path):
+    """A tiny llama whose neuron 2:7 writes *against* "dog" (write- view) and 1:5 writes for it."""
+    model = tiny_model("llama")
+    with torch.no_grad():
+        dog = model.model.embed_tokens.weight[[0, 1, 2, 3]].sum(0)
+        model.model.layers[2].mlp.down_proj.weight[:, 7] = -10 * dog / dog.norm()
+        model.model.layers[1].mlp.down_proj.weight[:, 5] = 6 * dog / dog.norm()
+        model.model.layers[0].mlp.down_proj.weight[:, 3] = 20 * dog / dog.norm()  # layer 0: never chosen
+    path = save_gguf(model, tmp_path / "planted.gguf")
+    reader = open_weights(str(path))
+    return model, reader, build_atlas(reader, top_k=5, progress=False)
+
+
+def test_candidates_take_the_sign_that_promotes_the_concept(planted):
+    _, reader, atlas = planted
+    candidates = rank_candidates(reader, atlas, concept_from_word("dog", atlas.vocab), limit=4)
+    found = {(c.layer, c.neuron): c for c in candidates}
+    assert found[(2, 7)].sign == -1 and found[(1, 5)].sign == 1
+    assert {(c.layer, c.neuron) for c in candidates[:2]} == {(2, 7), (1, 5)}  # same direction: same decoding
+    assert all(c.layer > 0 for c in candidates)  # llama.cpp control vectors cannot reach layer 0
+    assert all(0 < c.specificity <= 1 for c in candidates[:2]) and "dog" in "".join(found[(2, 7)].tokens).lower()
+
+
+def test_rows_of_a_batch_get_their_own_plan(tmp_path):
+    model = tiny_model("llama")
+    binding = model_binding(model)
+    plans = [
+        compile_plan([Profile("a", binding, [Edit(1, 3, "clamp", 4.0), Edit(2, 9, "scale", -2.0)])]),
+        compile_plan([Profile("b", binding, [Edit(2, 9, "add", 3.0)], positions="prompt")]),
+        compile_plan([]),
+    ]
+    ids = torch.randint(3, 96, (3, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        plain = model(ids).logits
+    handle = attach_rows(model, plans)
+    handle.set_prompt_length(6)
+    with torch.no_grad():
+        together = model(ids).logits
+    handle.remove()
+    for row, plan in enumerate(plans):
+        single = attach(model, plan)
+        single.set_prompt_length(6)
+        with torch.no_grad():
+            alone = model(ids[row:row + 1]).logits[0]
+        single.remove()
+        torch.testing.assert_close(together[row], alone, atol=1e-5, rtol=1e-5)
+    assert torch.equal(together[2], plain[2]) and not torch.allclose(together[0], plain[0])
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, plain)  # every hook removed
+
+
+class _Tokenizer:
+    """Just enough of a tokenizer for the tiny model (token i <-> "t{i} ")."""
+
+    pad_token_id, eos_token_id, pad_token, eos_token, chat_template, padding_side = 0, 2, "p", "e", None, "left"
+
+    def __call__(self, texts, return_tensors=None, padding=False, add_special_tokens=True):
+        single = isinstance(texts, str)
+        rows = [[3 + (ord(c) % 90) for c in t] or [3] for t in ([texts] if single else texts)]
+        if return_tensors is None:
+            return type("Enc", (), {"input_ids": rows[0] if single else rows})()
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([[0] * (width - len(r)) + r for r in rows])
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+
+        class Batch(dict):
+            input_ids = ids
+
+            def to(self, device):
+                return self
+
+        return Batch(input_ids=ids, attention_mask=mask)
+
+    def batch_decode(self, rows, skip_special_tokens=True):
+        return [" ".join(f"t{int(i)}" for i in row) for row in rows]
+
+
+def test_measurements_on_a_tiny_model():
+    model, tokenizer = tiny_model("llama"), _Tokenizer()
+    scale = activation_scale(model, tokenizer, "some reference text")
+    assert scale.shape == (3, 48) and (scale >= 0).all() and scale.max() > 0
+    binding = model_binding(model)
+    plan = compile_plan([Profile("a", binding, [Edit(2, 9, "add", 50.0)], positions="prompt")])
+    answers = generate_rows(model, tokenizer, ["hi", "hello there"], [None, plan], 4, batch_size=3)
+    assert len(answers) == 2 and all(len(row) == 2 for row in answers)
+    nll = answer_nll(model, tokenizer, ["hi", "hello"], ["abc", "de"])
+    assert len(nll) == 2 and all(v > 0 for v in nll)
+
+
+class _ScriptedEvaluator:
+    """An evaluator whose answers mention the concept more as the summed edit size grows."""
+
+    def __init__(self, binding, fluent_up_to: float):
+        self.binding, self.fluent_up_to, self.plans = binding, fluent_up_to, []
+
+    def activation_scale(self, text):
+        return torch.ones(3, 48).numpy()
+
+    def generate(self, prompts, plans, max_new_tokens):
+        self.plans = plans
+        rows = []
+        for plan in plans:
+            size = 0.0 if plan is None else sum(abs(e.add).sum() for g in plan.groups for e in g.layers)
+            rows.append([("dog " if size >= 16 * (k + 1) else "cat ") + ("x" if size <= self.fluent_up_to else "y")
+                         for k in range(len(prompts))])
+        return rows
+
+    def nll(self, prompts, answers):
+        return [1.0 if a.endswith("x") else 9.0 for a in answers]
+
+
+def test_discover_chooses_the_strongest_setting_inside_the_budget(planted):
+    _, reader, atlas = planted
+    evaluator = _ScriptedEvaluator(reader.binding(), fluent_up_to=64)
+    found = discover("dog", reader, atlas, evaluator, prompts=["p1", "p2", "p3"])
+    profile = found.profile
+    assert found.chosen.in_budget and found.chosen.stats.mention_rate == 1.0
+    assert sum(abs(e.value) for e in profile.edits) <= 64
+    # Among equally good settings, the most fluent (then the first) wins; none over budget is chosen.
+    assert all(not p.in_budget or p.stats.mention_rate <= found.chosen.stats.mention_rate for p in found.sweep)
+    assert profile.positions == "prompt" and all(e.op == "add" for e in profile.edits)
+    signs = {(c.layer, c.neuron): c.sign for c in found.candidates}
+    assert all((e.value > 0) == (signs[(e.layer, e.neuron)] > 0) for e in profile.edits)
+    again = parse_profile(dump_profile(profile))  # what discover writes is a valid profile
+    assert again.edits == profile.edits and again.provenance["goal"] == "promote"
+    calibration = again.provenance["calibration"]
+    assert calibration["chosen"]["in_budget"] and len(calibration["sweep"]) == len(found.sweep)
+    assert {c["neuron"] for c in again.provenance["candidates"][:2]} == {"2:7", "1:5"}
+
+
+def test_suppress_clamps_against_the_promoting_sign_everywhere(planted):
+    _, reader, atlas = planted
+    found = discover("dog", reader, atlas, _ScriptedEvaluator(reader.binding(), 1e9), suppress=True, prompts=["p"])
+    signs = {(c.layer, c.neuron): c.sign for c in found.candidates}
+    assert found.profile.positions == "all" and found.profile.name == "no-dog"
+    assert all(e.op == "clamp" and (e.value > 0) == (signs[(e.layer, e.neuron)] < 0) for e in found.profile.edits)
+    assert found.chosen.stats.mention_rate == min(p.stats.mention_rate for p in found.sweep)
+
+
+def test_budget_compares_against_the_unsteered_answers():
+    base = AnswerStats(0.0, 1.0, 0.05, 0.9)
+    budget = Budget(nll=1.0, repetition=0.1, diversity=0.6)
+    assert budget.allows(AnswerStats(1.0, 1.9, 0.14, 0.6), base)
+    assert not budget.allows(AnswerStats(1.0, 2.1, 0.05, 0.9), base)
+    assert not budget.allows(AnswerStats(1.0, 1.0, 0.2, 0.9), base)
+    assert not budget.allows(AnswerStats(1.0, 1.0, 0.05, 0.5), base)
