@@ -11,6 +11,8 @@ import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from steerkit.errors import SteerkitError
 from steerkit.plan import Plan, compile_plan
 from steerkit.profile import Profile, load_profile
@@ -90,7 +92,12 @@ class SteeringSession(_Steering):
 
 
 class LlamaCppSession(_Steering):
-    """The llama.cpp runtime: each set of profiles is a patched GGUF copy (cached), loaded on demand."""
+    """The llama.cpp runtime: each set of profiles is a patched GGUF copy (cached), loaded on demand.
+
+    Edits on all positions are patched into the copy; additive edits on the
+    prompt positions become a control vector set while the prompt is
+    evaluated and cleared before the answer is decoded.
+    """
 
     def __init__(self, model_name: str | None = None, strength: float | None = None) -> None:
         from runtimes.llamacpp import gguf_binding
@@ -105,11 +112,19 @@ class LlamaCppSession(_Steering):
         self.binding = gguf_binding(self.weights)
         self._models: dict[str, object] = {}
 
-    def _model(self):
+    def _split_plan(self) -> tuple[Plan, dict[int, np.ndarray]]:
+        """The plan's all-position part (patched into a GGUF copy) and its prompt-position part
+        (control-vector directions per layer, applied while the prompt is evaluated)."""
+        from runtimes.llamacpp.prompt_vector import prompt_directions
+
+        plan = self.plan() if self.active else Plan((), ())
+        return Plan(tuple(g for g in plan.groups if g.positions == "all"), plan.names), prompt_directions(self.weights, plan)
+
+    def _model(self, plan: Plan):
         from runtimes.llamacpp import LlamaCppRuntime
         from runtimes.llamacpp.model import LlamaCppModel
 
-        path = LlamaCppRuntime().attach(self.weights.path, self.plan()).path if self.active else self.weights.path
+        path = LlamaCppRuntime().attach(self.weights.path, plan).path if not plan.is_empty else self.weights.path
         if str(path) not in self._models:
             self._models = {str(path): LlamaCppModel(path)}  # keep one loaded model at a time
         return self._models[str(path)]
@@ -119,8 +134,14 @@ class LlamaCppSession(_Steering):
         """One answer; a fresh context per answer, so no KV cache outlives a steering change."""
         self._check(max_new_tokens, temperature)
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        all_positions, directions = self._split_plan()
+        model = self._model(all_positions)
+        if directions:
+            stream = model.prompt_steered_chat(messages, directions, max_new_tokens, temperature, seed)
+        else:
+            stream = model.chat(messages, max_new_tokens, temperature, seed, stream=True)
         pieces = []
-        for piece in self._model().chat(messages, max_new_tokens, temperature, seed, stream=True):
+        for piece in stream:
             pieces.append(piece)
             if on_text is not None:
                 on_text(piece)

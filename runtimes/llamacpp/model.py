@@ -35,13 +35,20 @@ class LlamaCppModel:
         weakref.finalize(self, self.llm.close)
 
     def set_control_vector(self, directions: dict[int, np.ndarray] | None) -> None:
-        """Add ``directions[N]`` to the output of layer ``N`` (llama.cpp's control vector); ``None`` clears it."""
+        """Add ``directions[N]`` to the output of layer ``N`` (llama.cpp's control vector); ``None`` clears it.
+
+        The KV cache is dropped: what it holds was computed without the new vector.
+        """
+        self._apply_control_vector(directions)
+        self.llm.reset()
+
+    def _apply_control_vector(self, directions: dict[int, np.ndarray] | None) -> None:
+        # Changes what later evaluations compute; the KV cache is kept (see prompt_steered_chat).
         import llama_cpp
 
         ctx = self.llm.ctx
         if not directions:
             llama_cpp.llama_set_adapter_cvec(ctx, None, 0, 0, 0, 0)
-            self.llm.reset()
             return
         n_embd, n_layer = self.llm.n_embd(), llama_cpp.llama_model_n_layer(self.llm._model.model)
         # The buffer starts at layer 1: row N-1 holds layer N's direction.
@@ -53,7 +60,64 @@ class LlamaCppModel:
         pointer = self._cvec.ctypes.data_as(llama_cpp.ctypes.POINTER(llama_cpp.ctypes.c_float))
         if llama_cpp.llama_set_adapter_cvec(ctx, pointer, self._cvec.size, n_embd, 1, n_layer - 1) != 0:
             raise SteerkitError(f"{self.path}: llama.cpp refused the control vector")
+
+    def logits_prompt_steered(self, prompt_ids: list[int], rest_ids: list[int],
+                              directions: dict[int, np.ndarray]) -> np.ndarray:
+        """Logits over ``prompt_ids + rest_ids`` with ``directions`` added on the prompt positions only."""
         self.llm.reset()
+        self._apply_control_vector(directions)
+        try:
+            self.llm.eval(list(prompt_ids))
+        finally:
+            self._apply_control_vector(None)
+        self.llm.eval(list(rest_ids))
+        return np.array(self.llm.scores[: len(prompt_ids) + len(rest_ids)], dtype=np.float32)
+
+    def chat_prompt_tokens(self, messages: list[dict]) -> list[int]:
+        """The tokens of ``messages`` under the file's chat template, ready for the answer (as chat() builds them)."""
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        llm = self.llm
+        template = llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            return llm.tokenize("\n".join(m["content"] for m in messages).encode("utf-8"))
+        eos, bos = llm.token_eos(), llm.token_bos()
+        formatter = Jinja2ChatFormatter(template, llm._model.token_get_text(eos) if eos != -1 else "",
+                                        llm._model.token_get_text(bos) if bos != -1 else "")
+        return llm.tokenize(formatter(messages=messages).prompt.encode("utf-8"), add_bos=False, special=True)
+
+    def prompt_steered_chat(self, messages: list[dict], directions: dict[int, np.ndarray], max_tokens: int = 60,
+                            temperature: float = 0.0, seed: int | None = None):
+        """Answer ``messages`` with ``directions`` added to the prompt positions only; yields text pieces.
+
+        The prompt is evaluated with the control vector set, the vector is then
+        cleared and the answer decoded on the same KV cache: the keys and
+        values of the prompt keep the steering, the generated positions do not.
+        """
+        import llama_cpp
+
+        llm = self.llm
+        prompt = self.chat_prompt_tokens(messages)
+        vocab = llama_cpp.llama_model_get_vocab(llm._model.model)
+        rng = np.random.default_rng(seed)
+        logits = self.logits_prompt_steered(prompt, [], directions)[-1]
+        answer: list[int] = []
+        shown = ""
+        for _ in range(max_tokens):
+            if temperature > 0:
+                weights = np.exp((logits - logits.max()) / temperature)
+                token = int(rng.choice(len(weights), p=weights / weights.sum()))
+            else:
+                token = int(np.argmax(logits))
+            if llama_cpp.llama_vocab_is_eog(vocab, token):
+                break
+            answer.append(token)
+            text = llm.detokenize(answer).decode("utf-8", errors="ignore")
+            if len(text) > len(shown):
+                yield text[len(shown):]
+                shown = text
+            llm.eval([token])
+            logits = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
 
     def logits(self, token_ids: list[int]) -> np.ndarray:
         """Logits ``[len(token_ids), vocab]`` of one forward pass over ``token_ids`` from an empty cache."""
