@@ -4,7 +4,7 @@
 
 Greedy decoding of the default model with a KV cache, three ways,
 interleaved round by round so machine noise hits all of them: unsteered,
-steered by hooks (the shipped dog profile), steered by baked weights.
+steered by hooks (the shipped dog-clamp profile), steered by baked weights.
 Prints the median tokens/s of each and the ratios to unsteered.
 """
 
@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     model, tokenizer = load_model()
-    plan = compile_plan([load_profile(shipped_profile("dog"))], model_binding(model, tokenizer))
+    plan = compile_plan([load_profile(shipped_profile("dog-clamp"))], model_binding(model, tokenizer))
     inputs = build_inputs(tokenizer, ["Write a short poem about the sea."], model.device)
     tokens_per_second(model, inputs, 8)  # warm-up
     results: dict[str, list[float]] = {"unsteered": [], "hooks": [], "baked": []}

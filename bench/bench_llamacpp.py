@@ -30,7 +30,7 @@ from steerkit.sources import resolve_model
 
 
 def patch_vs_copy(source: Path, folder: Path, rounds: int) -> None:
-    profile = [load_profile(shipped_profile("dog"))]
+    profile = [load_profile(shipped_profile("dog-clamp"))]
     patch, copy = [], []
     for _ in range(rounds):
         for old in ("copy.gguf", "dog.gguf"):  # both write a new file: freeing an old one is not timed

@@ -38,7 +38,7 @@ class Evaluator(Protocol):
         """Greedy answers ``[plan][prompt]`` to chat ``prompts`` under each plan (``None``: unsteered)."""
 
     def nll(self, prompts: list[str], answers: list[str]) -> list[float]:
-        """Mean NLL (nats/token) of each answer given its prompt under the *unsteered* model."""
+        """Mean NLL (nats/token) of each answer after its first token, given its prompt, under the *unsteered* model."""
 
 
 # name -> "module:Class"; imported on first use so the core never pulls in torch hooks or llama.cpp.

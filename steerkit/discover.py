@@ -13,7 +13,9 @@
    their diversity across prompts (distinct word pairs over all answers: it
    falls when every prompt gets the same answer, the sign of an edit that
    drowns the prompt).
-4. **Choice**: the setting with the best mention rate (highest to promote,
+4. **Refinement**: where the next stronger multiple would name the concept
+   more often but leaves the budget, the geometric midpoint is tried too.
+5. **Choice**: the setting with the best mention rate (highest to promote,
    lowest to suppress) whose fluency stays inside the budget
    (:class:`Budget`); ties go to the more fluent setting.
 
@@ -29,6 +31,7 @@ position**, since the concept must be held down wherever it would come up.
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -122,7 +125,7 @@ def build_profile(concept: Concept, candidates: list[Candidate], units: np.ndarr
 
 
 def discover(word: str, reader: WeightReader, atlas: Atlas, evaluator, suppress: bool = False,
-             prompts: list[str] | None = None, budget: Budget = Budget(), max_new_tokens: int = 20,
+             prompts: list[str] | None = None, budget: Budget = Budget(), max_new_tokens: int = 16,
              log: Callable[[str], None] = lambda message: None) -> Discovery:
     """Find, calibrate and choose a profile for ``word`` (see the module doc for the method).
 
@@ -143,17 +146,34 @@ def discover(word: str, reader: WeightReader, atlas: Atlas, evaluator, suppress:
 
     units = evaluator.activation_scale(reference_text())
     prompts = prompts or builtin_prompts("elicit" if suppress else "calibration")
+
+    def measure(settings: list[Setting], with_baseline: bool) -> list[AnswerStats]:
+        plans: list[Plan | None] = [None] if with_baseline else []
+        plans += [compile_plan([build_profile(concept, candidates, units, s, suppress, evaluator.binding)])
+                  for s in settings]
+        answers = evaluator.generate(prompts, plans, max_new_tokens)
+        nll = evaluator.nll([p for _ in answers for p in prompts], [a for row in answers for a in row])
+        n = len(prompts)
+        return [answer_stats(concept, row, nll[k * n:(k + 1) * n]) for k, row in enumerate(answers)]
+
+    def better(a: AnswerStats, b: AnswerStats) -> bool:
+        return a.mention_rate < b.mention_rate if suppress else a.mention_rate > b.mention_rate
+
     settings = [Setting(n, m) for n in NEURON_COUNTS if n <= len(candidates)
                 for m in (SUPPRESS_MULTIPLES if suppress else PROMOTE_MULTIPLES)]
-    profiles = [build_profile(concept, candidates, units, s, suppress, evaluator.binding) for s in settings]
-    plans: list[Plan | None] = [None] + [compile_plan([p]) for p in profiles]
     log(f"sweep: {len(settings)} settings x {len(prompts)} prompts, {max_new_tokens} tokens each")
-    answers = evaluator.generate(prompts, plans, max_new_tokens)
-    flat_nll = evaluator.nll([p for _ in answers for p in prompts], [a for row in answers for a in row])
-    stats = [answer_stats(concept, row, flat_nll[k * len(prompts):(k + 1) * len(prompts)])
-             for k, row in enumerate(answers)]
-    baseline = stats[0]
-    sweep = [SweepPoint(s, st, budget.allows(st, baseline)) for s, st in zip(settings, stats[1:])]
+    baseline, *stats = measure(settings, with_baseline=True)
+    sweep = [SweepPoint(s, st, budget.allows(st, baseline)) for s, st in zip(settings, stats)]
+    # Refine where a stronger setting would do better but leaves the budget: try the geometric midpoint.
+    refine = []
+    for low, high in zip(sweep, sweep[1:]):
+        if (low.setting.n_neurons == high.setting.n_neurons and low.in_budget and not high.in_budget
+                and better(high.stats, low.stats)):
+            refine.append(Setting(low.setting.n_neurons, round(math.sqrt(low.setting.multiple * high.setting.multiple), 2)))
+    if refine:
+        log(f"refining: {len(refine)} settings between the last in budget and the first over it")
+        sweep += [SweepPoint(s, st, budget.allows(st, baseline)) for s, st in zip(refine, measure(refine, False))]
+        sweep.sort(key=lambda point: (point.setting.n_neurons, point.setting.multiple))
 
     def goodness(point: SweepPoint) -> tuple:
         rate = -point.stats.mention_rate if suppress else point.stats.mention_rate
@@ -162,8 +182,12 @@ def discover(word: str, reader: WeightReader, atlas: Atlas, evaluator, suppress:
     chosen = max(sweep, key=goodness)
     if not chosen.in_budget:
         notes.append("no setting kept fluency inside the budget; chose the best mention rate regardless")
-        log(notes[-1])
-    profile = profiles[settings.index(chosen.setting)]
+    elif not better(chosen.stats, baseline):
+        notes.append("no setting inside the fluency budget changed how often the concept is named: "
+                     "this model has no usable neurons for it (see the sweep)")
+    for note in notes[len([concept.note] if concept.note else []):]:
+        log(note)
+    profile = build_profile(concept, candidates, units, chosen.setting, suppress, evaluator.binding)
     seconds = time.perf_counter() - started
     profile.provenance = _provenance(concept, candidates, baseline, sweep, chosen, budget, prompts, suppress,
                                      seconds, notes, reader)

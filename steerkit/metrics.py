@@ -21,7 +21,7 @@ class AnswerStats:
     """Summary of one set of answers (one setting, all prompts)."""
 
     mention_rate: float  # fraction of answers naming the concept
-    nll: float  # mean NLL of the answers given their prompts under the unsteered model, nats/token
+    nll: float  # mean NLL of the answers (after their first token) given their prompts, unsteered model, nats/token
     repetition: float  # mean repeated-trigram fraction
     diversity: float  # distinct word pairs over all answers / all word pairs (falls when answers are alike)
 

@@ -60,7 +60,9 @@ class Plan:
         for group in self.groups:
             if group.positions != "all" and group.layers:
                 raise SteerkitError(
-                    f"profile edits restricted to {group.positions!r} positions cannot be baked into weights; use hooks"
+                    f"profile edits restricted to {group.positions!r} positions cannot be baked into weights "
+                    f"(HF bake, GGUF patch): run them with hooks (--runtime hf) or steerkit's llama.cpp runtime "
+                    f"(--runtime llama.cpp), or use a profile that acts on all positions"
                 )
         per_neuron: dict[tuple[int, int], tuple[float, float]] = {}
         for group in self.groups:

@@ -166,3 +166,37 @@ def test_budget_compares_against_the_unsteered_answers():
     assert not budget.allows(AnswerStats(1.0, 2.1, 0.05, 0.9), base)
     assert not budget.allows(AnswerStats(1.0, 1.0, 0.2, 0.9), base)
     assert not budget.allows(AnswerStats(1.0, 1.0, 0.05, 0.5), base)
+
+
+def test_steer_finds_shipped_then_cached_then_discovers(planted, monkeypatch, tmp_path):
+    """profile_for_concept: a shipped profile that fits wins; else the cache; else discovery (then cached)."""
+    import runtimes.hf
+    import runtimes.hf.measure
+    import steerkit.discover as discovery
+    import steerkit.session
+    from steerkit.profile import save_profile
+
+    _, reader, atlas = planted
+    path = str(reader.path)
+    calls = []
+
+    def fake_discover(word, reader_, atlas_, evaluator, suppress=False, log=None, **kwargs):
+        calls.append(word)
+        profile = Profile(f"{'no-' if suppress else ''}{word}", reader.binding(), [Edit(1, 5, "add", 2.0)], positions="prompt")
+        return type("Found", (), {"profile": profile})()
+
+    monkeypatch.setattr(discovery, "discover", fake_discover)
+    monkeypatch.setattr(runtimes.hf, "load_model", lambda model: (None, None))
+    monkeypatch.setattr(runtimes.hf.measure, "HFEvaluator", lambda model, tokenizer: None)
+    monkeypatch.setattr(steerkit.session, "PROFILES_DIR", tmp_path)
+    found, origin = discovery.profile_for_concept("dog", path)
+    assert origin == "discovered" and calls == ["dog"] and found.is_file()
+    again, origin = discovery.profile_for_concept("dog", path)
+    assert (again, origin, calls) == (found, "cached", ["dog"])
+    # A shipped profile for another model is skipped; one for this model is used.
+    other = Profile("dog", reader.binding(), [Edit(1, 5, "add", 1.0)])
+    save_profile(Profile("dog", type(other.model)("llama", 30, 576, 1536, 49152), other.edits), tmp_path / "dog.yaml")
+    assert discovery.profile_for_concept("dog", path)[1] == "cached"
+    save_profile(other, tmp_path / "dog.yaml")
+    assert discovery.profile_for_concept("dog", path) == (tmp_path / "dog.yaml", "shipped")
+    assert discovery.profile_for_concept("dog", path, suppress=True)[1] == "discovered" and calls[-1] == "dog"

@@ -81,7 +81,7 @@ def test_switching_off_is_identical_over_seeded_sampling(smollm2):
 
 def test_shipped_dog_profile(smollm2):
     model, tokenizer = smollm2
-    profile = load_profile(shipped_profile("dog"))
+    profile = load_profile(shipped_profile("dog-clamp"))
     plan = compile_plan([profile], model_binding(model, tokenizer))
     with steered(model, plan):
         text = generate_text(model, tokenizer, [QUESTION], max_new_tokens=20)[0]
@@ -93,7 +93,7 @@ def test_steering_session_toggles_profiles():
 
     session = SteeringSession("smollm2-135m")
     plain = session.generate(QUESTION, 20)
-    session.add_profile("dog")
+    session.add_profile("dog-clamp")
     steered_text = session.generate(QUESTION, 20)
     session.enabled = False
     assert session.generate(QUESTION, 20) == plain  # steering off: identical to the untouched model

@@ -96,7 +96,7 @@ def test_patched_dog_answer_in_llama_cpp(tmp_path):
     from steerkit.profile import load_profile
     from steerkit.session import shipped_profile
 
-    patch_gguf(resolve_model().path, [load_profile(shipped_profile("dog"))], tmp_path / "dog.gguf", progress=False)
+    patch_gguf(resolve_model().path, [load_profile(shipped_profile("dog-clamp"))], tmp_path / "dog.gguf", progress=False)
     question = [{"role": "user", "content": "What is your favourite animal?"}]
     plain = LlamaCppModel(resolve_model().path).chat(question, max_tokens=20)
     steered_text = LlamaCppModel(tmp_path / "dog.gguf").chat(question, max_tokens=20)
@@ -134,7 +134,7 @@ def test_llama_cpp_session_switches_profiles():
 
     session = LlamaCppSession("smollm2-135m")
     plain = session.generate("What is your favourite animal?", 20)
-    session.add_profile("dog")
+    session.add_profile("dog-clamp")
     steered_text = session.generate("What is your favourite animal?", 20)
     session.enabled = False
     again = session.generate("What is your favourite animal?", 20)
@@ -205,3 +205,47 @@ def _gemma_cpp() -> LlamaCppModel:
     if "cpp" not in _CACHE:
         _CACHE["cpp"] = LlamaCppModel(resolve_model("gemma3-270m").path)
     return _CACHE["cpp"]
+
+
+def test_prompt_position_profile_matches_hf_in_llama_cpp(setup, baseline):
+    """A discovered profile (adds on prompt positions) runs in llama.cpp as a control vector set for the prompt only."""
+    from runtimes.hf import attach
+    from runtimes.llamacpp.prompt_vector import prompt_directions
+    from steerkit.profile import load_profile
+    from steerkit.session import shipped_profile
+    from steerkit.weights.gguf_reader import GGUFWeights
+
+    model, tokenizer, ids = setup
+    profile = load_profile(shipped_profile("dog"))
+    assert profile.positions == "prompt" and all(e.op == "add" for e in profile.edits)
+    plan = compile_plan([profile], model_binding(model, tokenizer))
+    directions = prompt_directions(GGUFWeights(resolve_model().path), plan)
+    cpp = LlamaCppModel(resolve_model().path)
+    hf, cpp_logits, plain = [], [], hf_logits(model, ids)
+    for row in ids:
+        split = len(row) // 2
+        handle = attach(model, plan)
+        handle.set_prompt_length(split)
+        with torch.no_grad():
+            hf.append(model(torch.tensor([row])).logits[0].numpy())
+        handle.remove()
+        cpp_logits.append(cpp.logits_prompt_steered(row[:split], row[split:], directions))
+    kl, top1 = compare(hf, cpp_logits)
+    moved, _ = compare(hf, plain)
+    base_kl, base_top1 = baseline
+    print(f"prompt-position dog profile: KL {kl:.4f} (baseline {base_kl:.4f}, ratio {kl / base_kl:.2f}), "
+          f"top-1 {top1:.3f} (baseline {base_top1:.3f}), the edit moves KL {moved:.3f}")
+    assert kl <= 1.5 * base_kl and top1 >= base_top1 - 0.03 and moved > 2 * kl
+    # The vector is cleared after the prompt: decoding the same tokens again unsteered gives the plain logits.
+    np.testing.assert_allclose(cpp.logits(ids[0]), LlamaCppModel(resolve_model().path).logits(ids[0]), atol=1e-4)
+
+
+def test_discovered_dog_profile_answers_in_llama_cpp():
+    from steerkit.session import LlamaCppSession
+
+    session = LlamaCppSession()
+    session.add_profile("dog")
+    steered_text = session.generate("What is your favourite animal?", 20)
+    session.enabled = False
+    plain = session.generate("What is your favourite animal?", 20)
+    assert "dog" in steered_text.lower() and "dog" not in plain.lower(), (steered_text, plain)

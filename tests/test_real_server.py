@@ -28,7 +28,7 @@ def free_port() -> int:
 def test_server_answers_with_the_steered_model(tmp_path):
     pytest.importorskip("uvicorn")
     model = tmp_path / "dog.gguf"
-    patch_gguf(resolve_model().path, [load_profile(shipped_profile("dog"))], model, progress=False)
+    patch_gguf(resolve_model().path, [load_profile(shipped_profile("dog-clamp"))], model, progress=False)
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1", "--port", str(port),

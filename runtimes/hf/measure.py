@@ -75,16 +75,22 @@ def generate_rows(model, tokenizer, prompts: list[str], plans: list[Plan | None]
 
 @torch.no_grad()
 def answer_nll(model, tokenizer, prompts: list[str], answers: list[str], batch_size: int = 32) -> list[float]:
-    """Mean negative log-likelihood (nats/token) of each answer given its chat prompt, under ``model`` as it is."""
+    """Mean negative log-likelihood (nats/token) of each answer given its chat prompt, under ``model`` as it is.
+
+    The answer's first token is not counted: for a steered answer it is the
+    steering itself ("Dogs ..."), and over short answers its surprise would
+    swamp what the figure is for -- whether the rest reads as language.
+    """
     results: list[float] = []
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     for start in range(0, len(prompts), batch_size):
         prompt_inputs = build_inputs(tokenizer, prompts[start:start + batch_size], model.device)
-        answer_ids = [tokenizer(a, add_special_tokens=False).input_ids or [tokenizer.eos_token_id]
-                      for a in answers[start:start + batch_size]]
+        answer_ids = [tokenizer(a, add_special_tokens=False).input_ids for a in answers[start:start + batch_size]]
+        answer_ids = [a if len(a) >= 2 else a + [tokenizer.eos_token_id] * (2 - len(a)) for a in answer_ids]
         width = max(len(a) for a in answer_ids)
         answer = torch.tensor([a + [pad] * (width - len(a)) for a in answer_ids], device=model.device)
-        answer_mask = torch.tensor([[1] * len(a) + [0] * (width - len(a)) for a in answer_ids], device=model.device)
+        answer_mask = torch.tensor([[0] + [1] * (len(a) - 1) + [0] * (width - len(a)) for a in answer_ids],
+                                   device=model.device)
         ids = torch.cat([prompt_inputs["input_ids"], answer], dim=1)
         mask = torch.cat([prompt_inputs["attention_mask"], answer_mask], dim=1)
         start_logit = prompt_inputs["input_ids"].shape[1] - 1

@@ -52,9 +52,11 @@ class LlamaCppEvaluator:
         results = []
         for prompt, answer in zip(prompts, answers):
             prompt_ids = self._plain.chat_prompt_tokens([{"role": "user", "content": prompt}])
-            answer_ids = self._plain.llm.tokenize(answer.encode("utf-8"), add_bos=False, special=False) or [self._plain.llm.token_eos()]
+            answer_ids = self._plain.llm.tokenize(answer.encode("utf-8"), add_bos=False, special=False)
+            answer_ids += [self._plain.llm.token_eos()] * max(0, 2 - len(answer_ids))
             logits = self._plain.logits(prompt_ids + answer_ids)[len(prompt_ids) - 1:-1].astype(np.float64)
             shifted = logits - logits.max(axis=1, keepdims=True)
             log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-            results.append(float(-log_probs[np.arange(len(answer_ids)), answer_ids].mean()))
+            # As in the transformers evaluator: the first answer token (the steering itself) is not counted.
+            results.append(float(-log_probs[np.arange(1, len(answer_ids)), answer_ids[1:]].mean()))
         return results

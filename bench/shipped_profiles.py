@@ -1,0 +1,89 @@
+"""Make the shipped profiles with `discover`, evaluate each with `eval`, and record the figures.
+
+    python bench/shipped_profiles.py [CONCEPT ...] [--suppress WORD=PROMPTS.txt ...]
+
+For each concept: discovery on the default model (built-in calibration
+prompts), then evaluation on the built-in neutral prompts (promote) or the
+concept's prompt file (suppress), 40 greedy tokens, strengths 0/0.5/1/1.5.
+Every concept's figures go to ``profiles/eval/summary.json`` (the README
+table's source and the generality figure); profiles that work -- promoting
+ones naming the concept in at least half the answers, suppressing ones
+cutting mentions by 80 % -- are written to ``profiles/NAME.yaml`` with
+``profiles/eval/NAME.json`` + ``.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from runtimes.hf import load_model
+from runtimes.hf.measure import HFEvaluator
+from steerkit.atlas import atlas_for
+from steerkit.cache import atomic_write
+from steerkit.discover import Budget, discover
+from steerkit.evaluate import evaluate, write_report
+from steerkit.profile import save_profile
+from steerkit.prompts import read_prompts
+from steerkit.weights import open_weights
+
+PROFILES = Path(__file__).resolve().parent.parent / "profiles"
+# Two or more per kind: animals, places, foods, colours, feelings, professions, sports.
+DEFAULT_CONCEPTS = ["dog", "cat", "horse", "bird", "Paris", "London", "ocean", "mountain", "pizza", "coffee",
+                    "chocolate", "cheese", "red", "green", "love", "fear", "teacher", "doctor", "football", "tennis"]
+SHIP_MENTION = 0.5  # a promoting profile ships if it names its concept in at least half the neutral answers
+DEFAULT_SUPPRESS = ["blue=profiles/prompts/blue.txt", "Paris=profiles/prompts/paris.txt"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("concepts", nargs="*", default=DEFAULT_CONCEPTS)
+    parser.add_argument("--suppress", nargs="*", default=DEFAULT_SUPPRESS, metavar="WORD=PROMPTS")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    reader = open_weights(None)
+    atlas = atlas_for(reader)
+    model, tokenizer = load_model(None)
+    evaluator = HFEvaluator(model, tokenizer)
+    (PROFILES / "eval").mkdir(exist_ok=True)
+    summary_path = PROFILES / "eval" / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    jobs = [(word, False, None) for word in args.concepts]
+    jobs += [(spec.split("=")[0], True, spec.split("=")[1]) for spec in args.suppress]
+    for word, suppress, prompt_file in jobs:
+        started = time.perf_counter()
+        prompts = read_prompts(prompt_file) if prompt_file else None
+        found = discover(word, reader, atlas, evaluator, suppress=suppress, prompts=prompts)
+        profile = found.profile
+        report = evaluate(profile, evaluator, found.concept, prompts)
+        base, steered = report.at(0.0), report.at(1.0)
+        works = (steered.mention_rate <= 0.2 * base.mention_rate and base.mention_rate > 0) if suppress \
+            else steered.mention_rate >= SHIP_MENTION
+        if works:
+            save_profile(profile, PROFILES / f"{profile.name}.yaml")
+            write_report(report, PROFILES / "eval" / f"{profile.name}.json", PROFILES / "eval" / f"{profile.name}.png")
+        summary[profile.name] = {
+            "concept": word, "goal": report.goal, "shipped": works, "edits": len(profile.edits),
+            "setting": f"{found.chosen.setting.n_neurons} x {found.chosen.setting.multiple:g}",
+            "neurons": [f"{e.layer}:{e.neuron}" for e in profile.edits],
+            "prompts": prompt_file or "built-in neutral",
+            "mention_unsteered": base.mention_rate, "mention_steered": steered.mention_rate,
+            "nll_unsteered": round(base.nll, 3), "nll_steered": round(steered.nll, 3),
+            "repetition_unsteered": round(base.repetition, 3), "repetition_steered": round(steered.repetition, 3),
+            "diversity_unsteered": round(base.diversity, 3), "diversity_steered": round(steered.diversity, 3),
+            "discover_seconds": round(found.seconds, 1),
+            "in_budget": Budget().allows(steered, base),
+        }
+        print(f"{profile.name:12s} {'shipped' if works else 'not shipped'} mention {base.mention_rate:.2f} -> {steered.mention_rate:.2f}  "
+              f"nll {base.nll:.2f} -> {steered.nll:.2f}  rep {base.repetition:.2f} -> {steered.repetition:.2f}  "
+              f"discover {found.seconds:.0f} s, all {time.perf_counter() - started:.0f} s", flush=True)
+        with atomic_write(summary_path, suffix=".json") as tmp:
+            tmp.write_text(json.dumps(summary, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
