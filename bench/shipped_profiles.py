@@ -1,6 +1,6 @@
 """Make the shipped profiles with `discover`, evaluate each with `eval`, and record the figures.
 
-    python bench/shipped_profiles.py [CONCEPT ...] [--suppress WORD=PROMPTS.txt ...]
+    python bench/shipped_profiles.py [--concepts WORD ...] [--suppress WORD=PROMPTS.txt ...] [--table]
 
 For each concept: discovery on the default model (built-in calibration
 prompts), then evaluation on the built-in neutral prompts (promote) or the
@@ -33,17 +33,22 @@ from steerkit.weights import open_weights
 
 PROFILES = Path(__file__).resolve().parent.parent / "profiles"
 # Two or more per kind: animals, places, foods, colours, feelings, professions, sports.
-DEFAULT_CONCEPTS = ["dog", "cat", "horse", "bird", "Paris", "London", "ocean", "mountain", "pizza", "coffee",
-                    "chocolate", "cheese", "red", "green", "love", "fear", "teacher", "doctor", "football", "tennis"]
+DEFAULT_CONCEPTS = ["dog", "cat", "horse", "bird", "Paris", "London", "ocean", "mountain", "forest", "Japan", "pizza",
+                    "coffee", "chocolate", "cheese", "red", "green", "love", "fear", "teacher", "doctor", "football",
+                    "tennis", "soccer", "running", "swimming"]
 SHIP_MENTION = 0.5  # a promoting profile ships if it names its concept in at least half the neutral answers
-DEFAULT_SUPPRESS = ["blue=profiles/prompts/blue.txt", "Paris=profiles/prompts/paris.txt"]
+DEFAULT_SUPPRESS = [f"{word}=profiles/prompts/{word.lower()}.txt" for word in ("blue", "Paris", "dog", "music", "teacher")]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("concepts", nargs="*", default=DEFAULT_CONCEPTS)
+    parser.add_argument("--concepts", nargs="*", default=DEFAULT_CONCEPTS, metavar="WORD")
     parser.add_argument("--suppress", nargs="*", default=DEFAULT_SUPPRESS, metavar="WORD=PROMPTS")
+    parser.add_argument("--table", action="store_true", help="Only print summary.json as README's markdown table.")
     args = parser.parse_args()
+    if args.table:
+        print_table(json.loads((PROFILES / "eval" / "summary.json").read_text()))
+        return
     torch.set_num_threads(2)
     reader = open_weights(None)
     atlas = atlas_for(reader)
@@ -83,6 +88,28 @@ def main() -> None:
               f"discover {found.seconds:.0f} s, all {time.perf_counter() - started:.0f} s", flush=True)
         with atomic_write(summary_path, suffix=".json") as tmp:
             tmp.write_text(json.dumps(summary, indent=1) + "\n")
+
+
+def print_table(summary: dict) -> None:
+    """README's table of every concept tried, and the mean figures over them."""
+    print("| profile | goal | neurons x units | mentions | NLL | repetition | in budget | shipped |")
+    print("|---|---|---|---|---|---|---|---|")
+    rows = sorted(summary.items(), key=lambda item: (item[1]["goal"], not item[1]["shipped"], item[0]))
+    for name, row in rows:
+        print(f"| `{name}` | {row['goal']} | {row['setting']} | {row['mention_unsteered']:.2f} → {row['mention_steered']:.2f} "
+              f"| {row['nll_unsteered']:.2f} → {row['nll_steered']:.2f} "
+              f"| {row['repetition_unsteered']:.2f} → {row['repetition_steered']:.2f} "
+              f"| {'yes' if row['in_budget'] else 'no'} | {'yes' if row['shipped'] else 'no'} |")
+    for goal in ("promote", "suppress"):
+        chosen = [r for r in summary.values() if r["goal"] == goal]
+        shipped = [r for r in chosen if r["shipped"]]
+        for label, group in (("all tried", chosen), ("shipped", shipped)):
+            if group:
+                mean = lambda key: sum(r[key] for r in group) / len(group)  # noqa: E731
+                print(f"\n{goal}, {label} ({len(group)}): mention {mean('mention_unsteered'):.2f} → "
+                      f"{mean('mention_steered'):.2f}, NLL change {mean('nll_steered') - mean('nll_unsteered'):+.2f}, "
+                      f"repetition change {mean('repetition_steered') - mean('repetition_unsteered'):+.2f}, "
+                      f"discover {mean('discover_seconds'):.0f} s")
 
 
 if __name__ == "__main__":

@@ -85,7 +85,7 @@ def test_shipped_profile_steers_the_real_model(shipped_stats, name):
     goal, base, steered = shipped_stats[name]
     print(f"{name}: mention {base.mention_rate:.2f} -> {steered.mention_rate:.2f}, NLL {base.nll:.2f} -> {steered.nll:.2f}")
     if goal == "suppress":
-        assert base.mention_rate >= 0.5 and steered.mention_rate <= 0.2 * base.mention_rate
+        assert base.mention_rate >= 0.3 and steered.mention_rate <= 0.2 * base.mention_rate  # cut by 80 % or more
     else:
         assert steered.mention_rate >= 0.5 and steered.mention_rate >= base.mention_rate + 0.4
     assert steered.nll - base.nll <= Budget().nll  # the NLL part of the budget holds for every shipped profile
