@@ -151,13 +151,17 @@ def validate_command(
 RuntimeOption = typer.Option("hf", "--runtime", "-r", help="hf (transformers) or llama.cpp (a patched GGUF copy).")
 
 
+def _check_runtime(runtime: str) -> None:
+    if runtime not in ("hf", "llama.cpp"):
+        raise SteerkitError(f"--runtime {runtime!r}: expected hf or llama.cpp")
+
+
 def _session(model: Optional[str], profiles: list[str], strength: Optional[float], dtype: str, device: str,
              runtime: str = "hf"):
     from steerkit.profile import load_profile
     from steerkit.session import LlamaCppSession, SteeringSession, profile_path
 
-    if runtime not in ("hf", "llama.cpp"):
-        raise SteerkitError(f"--runtime {runtime!r}: expected hf or llama.cpp")
+    _check_runtime(runtime)
     for name in profiles:  # refuse a bad profile before spending time loading the model
         load_profile(profile_path(name))
     if runtime == "llama.cpp":
@@ -342,8 +346,7 @@ def eval_command(
     prompt_list = read_prompts(prompts) if prompts else None
     if max_tokens < 1:
         raise SteerkitError(f"--max-tokens must be at least 1, got {max_tokens}")
-    if runtime not in ("hf", "llama.cpp"):
-        raise SteerkitError(f"--runtime {runtime!r}: expected hf or llama.cpp")
+    _check_runtime(runtime)
     if runtime == "llama.cpp":
         from runtimes.llamacpp.measure import LlamaCppEvaluator
         from steerkit.atlas import atlas_for

@@ -43,14 +43,14 @@ from steerkit.atlas import Atlas
 from steerkit.candidates import Candidate, rank_candidates
 from steerkit.concept import Concept, concept_from_word
 from steerkit.errors import SteerkitError
-from steerkit.metrics import AnswerStats, answer_stats
+from steerkit.metrics import AnswerStats, measure_plans
 from steerkit.plan import Plan, compile_plan
 from steerkit.profile import Edit, Profile
 from steerkit.prompts import builtin_prompts, reference_text
 from steerkit.weights import WeightReader
 
-__all__ = ["Budget", "Setting", "SweepPoint", "Discovery", "discover", "build_profile", "discovered_profile_path",
-           "profile_for_concept"]
+__all__ = ["Budget", "Setting", "SweepPoint", "Discovery", "discover", "build_profile", "profile_name",
+           "discovered_profile_path", "profile_for_concept"]
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,11 @@ NEURON_COUNTS = (1, 2, 4, 8)
 _MIN_UNIT = 0.05  # floor for neurons that barely fire on the reference text
 
 
+def profile_name(word: str, suppress: bool = False) -> str:
+    """The name of the profile for ``word``: ``dog``, or ``no-dog`` for a suppressing one."""
+    return f"{'no-' if suppress else ''}{word.strip().lower()}"
+
+
 def build_profile(concept: Concept, candidates: list[Candidate], units: np.ndarray, setting: Setting,
                   suppress: bool, binding) -> Profile:
     """The profile for one sweep setting (provenance is added by :func:`discover`)."""
@@ -115,7 +120,7 @@ def build_profile(concept: Concept, candidates: list[Candidate], units: np.ndarr
            if suppress else
            f"adds to {len(edits)} neuron(s) that write {concept.word!r} on the prompt positions")
     return Profile(
-        name=f"{'no-' if suppress else ''}{concept.word.lower()}",
+        name=profile_name(concept.word, suppress),
         model=binding,
         edits=edits,
         description=f"{verb} {concept.word}: {how} ({setting.multiple:g}x their peak on the reference text). "
@@ -135,9 +140,14 @@ def discover(word: str, reader: WeightReader, atlas: Atlas, evaluator, suppress:
     """
     started = time.perf_counter()
     concept = concept_from_word(word, atlas.vocab)
-    notes = [concept.note] if concept.note else []
-    for note in notes:
-        log(note)
+    notes: list[str] = []
+
+    def note(message: str) -> None:
+        notes.append(message)
+        log(message)
+
+    if concept.note:
+        note(concept.note)
     log(f"concept tokens: {', '.join(concept.tokens)}")
     candidates = rank_candidates(reader, atlas, concept, limit=max(NEURON_COUNTS))
     for c in candidates:
@@ -151,10 +161,7 @@ def discover(word: str, reader: WeightReader, atlas: Atlas, evaluator, suppress:
         plans: list[Plan | None] = [None] if with_baseline else []
         plans += [compile_plan([build_profile(concept, candidates, units, s, suppress, evaluator.binding)])
                   for s in settings]
-        answers = evaluator.generate(prompts, plans, max_new_tokens)
-        nll = evaluator.nll([p for _ in answers for p in prompts], [a for row in answers for a in row])
-        n = len(prompts)
-        return [answer_stats(concept, row, nll[k * n:(k + 1) * n]) for k, row in enumerate(answers)]
+        return measure_plans(evaluator, concept, prompts, plans, max_new_tokens)[1]
 
     def better(a: AnswerStats, b: AnswerStats) -> bool:
         return a.mention_rate < b.mention_rate if suppress else a.mention_rate > b.mention_rate
@@ -181,12 +188,10 @@ def discover(word: str, reader: WeightReader, atlas: Atlas, evaluator, suppress:
 
     chosen = max(sweep, key=goodness)
     if not chosen.in_budget:
-        notes.append("no setting kept fluency inside the budget; chose the best mention rate regardless")
+        note("no setting kept fluency inside the budget; chose the best mention rate regardless")
     elif not better(chosen.stats, baseline):
-        notes.append("no setting inside the fluency budget changed how often the concept is named: "
-                     "this model has no usable neurons for it (see the sweep)")
-    for note in notes[len([concept.note] if concept.note else []):]:
-        log(note)
+        note("no setting inside the fluency budget changed how often the concept is named: "
+             "this model has no usable neurons for it (see the sweep)")
     profile = build_profile(concept, candidates, units, chosen.setting, suppress, evaluator.binding)
     seconds = time.perf_counter() - started
     profile.provenance = _provenance(concept, candidates, baseline, sweep, chosen, budget, prompts, suppress,
@@ -230,8 +235,7 @@ def discovered_profile_path(reader: WeightReader, word: str, suppress: bool = Fa
     """Where ``discover`` caches the profile for ``word`` on this model (and ``steer`` looks for it)."""
     from steerkit.cache import cache_dir
 
-    name = f"{'no-' if suppress else ''}{word.strip().lower()}"
-    return cache_dir("profiles") / f"{reader.fingerprint()[:16]}-{name}.yaml"
+    return cache_dir("profiles") / f"{reader.fingerprint()[:16]}-{profile_name(word, suppress)}.yaml"
 
 
 def profile_for_concept(word: str, model: str | None = None, suppress: bool = False,
@@ -246,7 +250,7 @@ def profile_for_concept(word: str, model: str | None = None, suppress: bool = Fa
     from steerkit.weights import open_weights
 
     reader = open_weights(model)
-    name = f"{'no-' if suppress else ''}{word.strip().lower()}"
+    name = profile_name(word, suppress)
     shipped = shipped_profile(name)
     if shipped is not None:
         try:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from steerkit.cache import atomic_write
 from steerkit.concept import Concept, concept_from_word
-from steerkit.metrics import AnswerStats, answer_stats
+from steerkit.metrics import AnswerStats, measure_plans
 from steerkit.plan import compile_plan
 from steerkit.profile import Profile
 from steerkit.prompts import builtin_prompts
@@ -74,9 +74,7 @@ def evaluate(profile: Profile, evaluator, concept: Concept, prompts: list[str] |
     prompts = prompts or builtin_prompts("elicit" if goal == "suppress" else "neutral")
     strengths = tuple(sorted({0.0, *strengths}))
     plans = [None if s == 0 else compile_plan([profile], evaluator.binding, s) for s in strengths]
-    answers = evaluator.generate(prompts, plans, max_new_tokens)
-    nll = evaluator.nll([p for _ in answers for p in prompts], [a for row in answers for a in row])
-    stats = [answer_stats(concept, row, nll[k * len(prompts):(k + 1) * len(prompts)]) for k, row in enumerate(answers)]
+    answers, stats = measure_plans(evaluator, concept, prompts, plans, max_new_tokens)
     return EvalReport(profile.name, concept.word, goal, prompts, list(strengths), stats, answers, max_new_tokens)
 
 

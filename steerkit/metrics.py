@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 from steerkit.concept import Concept
 
-__all__ = ["repetition", "diversity", "AnswerStats", "answer_stats"]
+__all__ = ["repetition", "diversity", "AnswerStats", "answer_stats", "measure_plans"]
 
 
 def repetition(text: str) -> float:
@@ -44,3 +44,13 @@ def answer_stats(concept: Concept, answers: list[str], nll: list[float]) -> Answ
         sum(repetition(a) for a in answers) / n,
         diversity(answers),
     )
+
+
+def measure_plans(evaluator, concept: Concept, prompts: list[str], plans: list, max_new_tokens: int
+                  ) -> tuple[list[list[str]], list[AnswerStats]]:
+    """Answer ``prompts`` under each plan (``None``: unsteered) with a :class:`runtimes.base.Evaluator`;
+    return the answers ``[plan][prompt]`` and one :class:`AnswerStats` per plan."""
+    answers = evaluator.generate(prompts, plans, max_new_tokens)
+    nll = evaluator.nll([p for _ in answers for p in prompts], [a for row in answers for a in row])
+    n = len(prompts)
+    return answers, [answer_stats(concept, row, nll[k * n:(k + 1) * n]) for k, row in enumerate(answers)]

@@ -115,10 +115,9 @@ class LlamaCppSession(_Steering):
     def _split_plan(self) -> tuple[Plan, dict[int, np.ndarray]]:
         """The plan's all-position part (patched into a GGUF copy) and its prompt-position part
         (control-vector directions per layer, applied while the prompt is evaluated)."""
-        from runtimes.llamacpp.prompt_vector import prompt_directions
+        from runtimes.llamacpp.prompt_vector import split_plan
 
-        plan = self.plan() if self.active else Plan((), ())
-        return Plan(tuple(g for g in plan.groups if g.positions == "all"), plan.names), prompt_directions(self.weights, plan)
+        return split_plan(self.weights, self.plan() if self.active else Plan((), ()))
 
     def _model(self, plan: Plan):
         from runtimes.llamacpp import LlamaCppRuntime

@@ -7,7 +7,7 @@ import torch
 
 from runtimes.hf import attach, model_binding
 from runtimes.hf.hooks import attach_rows
-from runtimes.hf.measure import HFEvaluator, activation_scale, answer_nll, generate_rows
+from runtimes.hf.measure import activation_scale, answer_nll, generate_rows
 from steerkit.atlas import build_atlas
 from steerkit.candidates import rank_candidates
 from steerkit.concept import concept_from_word

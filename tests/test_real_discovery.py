@@ -67,6 +67,7 @@ def shipped_stats(tools):
         nll = evaluator.nll([p for _ in answers for p in prompts], [a for row in answers for a in row])
         n = len(prompts)
         for k, (name, profile) in enumerate(zip(names, profiles), start=1):
+            # Each profile's figures from the shared batch: its own concept over the same answers.
             concept = profile_concept(profile, atlas.vocab)
             results[name] = (profile_goal(profile), answer_stats(concept, answers[0], nll[:n]),
                              answer_stats(concept, answers[k], nll[k * n:(k + 1) * n]))

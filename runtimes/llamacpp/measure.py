@@ -13,7 +13,7 @@ import numpy as np
 
 from runtimes.llamacpp import LlamaCppRuntime
 from runtimes.llamacpp.model import LlamaCppModel
-from runtimes.llamacpp.prompt_vector import prompt_directions
+from runtimes.llamacpp.prompt_vector import split_plan
 from steerkit.plan import Plan
 from steerkit.weights.gguf_reader import GGUFWeights
 
@@ -34,8 +34,7 @@ class LlamaCppEvaluator:
             if plan is None or plan.is_empty:
                 model, directions = self._plain, {}
             else:
-                everywhere = Plan(tuple(g for g in plan.groups if g.positions == "all"), plan.names)
-                directions = prompt_directions(self.weights, plan)
+                everywhere, directions = split_plan(self.weights, plan)
                 model = (LlamaCppModel(LlamaCppRuntime().attach(self.weights.path, everywhere).path)
                          if not everywhere.is_empty else self._plain)
             rows.append([self._answer(model, prompt, directions, max_new_tokens) for prompt in prompts])

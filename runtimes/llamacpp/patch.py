@@ -32,7 +32,7 @@ from runtimes.llamacpp.scales import scale_rows
 from steerkit.cache import atomic_write
 from steerkit.errors import SteerkitError
 from steerkit.plan import LayerEdits, Plan, compile_plan
-from steerkit.profile import ModelBinding, Profile, dump_profile, vocab_sha256
+from steerkit.profile import ModelBinding, Profile, dump_profile
 from steerkit.weights.gguf_reader import GGUFWeights
 
 __all__ = ["PatchReport", "patch_gguf", "embedded_profile", "KEY_PREFIX"]

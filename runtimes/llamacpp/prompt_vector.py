@@ -17,7 +17,7 @@ from steerkit.errors import SteerkitError
 from steerkit.plan import Plan
 from steerkit.weights.gguf_reader import GGUFWeights
 
-__all__ = ["prompt_directions"]
+__all__ = ["prompt_directions", "split_plan"]
 
 
 def prompt_directions(weights: GGUFWeights, plan: Plan) -> dict[int, np.ndarray]:
@@ -47,3 +47,8 @@ def prompt_directions(weights: GGUFWeights, plan: Plan) -> dict[int, np.ndarray]
             offset = weights.down_offset(edits.layer, edits.neurons, edits.add)
             directions[edits.layer] = directions.get(edits.layer, 0) + offset
     return directions
+
+
+def split_plan(weights: GGUFWeights, plan: Plan) -> tuple[Plan, dict[int, np.ndarray]]:
+    """The plan's all-position part (for a patched GGUF copy) and its prompt-position directions."""
+    return Plan(tuple(g for g in plan.groups if g.positions == "all"), plan.names), prompt_directions(weights, plan)
