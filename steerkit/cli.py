@@ -134,17 +134,13 @@ def validate_command(
 ) -> None:
     """Check a profile file (and, with --model, that it fits the model)."""
     from steerkit.plan import compile_plan
-    from steerkit.profile import ModelBinding, load_profile, vocab_sha256
+    from steerkit.profile import load_profile
 
     loaded = load_profile(profile)
     if model:
         from steerkit.weights import open_weights
 
-        reader = open_weights(model)
-        info = reader.info
-        binding = ModelBinding(info.arch.name, info.n_layers, info.d_model, info.d_ff, info.vocab_size,
-                               vocab_sha256(reader.tokens()))
-        compile_plan([loaded], binding)
+        compile_plan([loaded], open_weights(model).binding())
     typer.echo(f"{profile}: ok ({loaded.name}: {len(loaded.edits)} edits, positions {loaded.positions}, strength {loaded.strength})")
 
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from steerkit.atlas import Atlas
 from steerkit.decode import VIEWS
 from steerkit.errors import SteerkitError

@@ -16,7 +16,7 @@ from steerkit.errors import SteerkitError
 from steerkit.gguf_file import GGUFFile
 from steerkit.profile import Edit, ModelBinding, Profile, vocab_sha256
 from steerkit.weights import open_weights
-from tiny_models import save_gguf, tiny_model, tiny_tokens
+from tiny_models import save_gguf, tiny_model
 
 ROWS, COLS = 6, 512
 FLOATS = {Q.F32: np.float32, Q.F16: np.float16}
@@ -74,9 +74,7 @@ def test_types_without_scale_field_are_refused(name):
 
 
 def binding_of(path) -> ModelBinding:
-    reader = open_weights(str(path))
-    info = reader.info
-    return ModelBinding(info.arch.name, info.n_layers, info.d_model, info.d_ff, info.vocab_size, vocab_sha256(reader.tokens()))
+    return open_weights(str(path)).binding()
 
 
 @pytest.fixture
@@ -112,6 +110,36 @@ def test_patch_changes_only_what_it_must(q8_model, tmp_path):
     embedded = embedded_profile(open_weights(str(tmp_path / "out.gguf")))
     assert embedded["names"] == ["mix"] and "op: clamp" in embedded["yaml"] and embedded["sha256"] == report.profile_sha256
     assert len(GGUFReader(tmp_path / "out.gguf").tensors) == len(original.tensors) + 2  # gguf-py reads it too
+
+
+def test_copy_over_a_longer_file_leaves_no_tail(q8_model, tmp_path):
+    """The copy opens its target without truncating (see gguf_out): old bytes past the new end must go."""
+    from runtimes.llamacpp.gguf_out import write_gguf_copy
+
+    _, source = q8_model
+    fresh, reused = tmp_path / "fresh.gguf", tmp_path / "reused.gguf"
+    reused.write_bytes(b"x" * (source.stat().st_size * 2))
+    for target in (fresh, reused):
+        write_gguf_copy(GGUFFile(source), target, lambda key: False, [], {}, {})
+    assert reused.read_bytes() == fresh.read_bytes() == source.read_bytes()
+
+
+def test_vocabulary_digest_is_cached_per_file(q8_model):
+    """The GGUF reader remembers its vocabulary hash by path, size and mtime, and notices a changed file."""
+    import os
+
+    from steerkit.weights.base import WeightReader
+
+    _, source = q8_model
+    reader = open_weights(str(source))
+    digest = reader.vocab_digest()
+    assert digest == vocab_sha256(reader.tokens()) == WeightReader.vocab_digest(reader)
+    assert open_weights(str(source)).vocab_digest() == digest  # from the cache
+    stat = source.stat()
+    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    changed = open_weights(str(source))
+    changed._token_strings = ["other"] * changed.info.vocab_size  # what a rewritten vocabulary would decode to
+    assert changed.vocab_digest() != digest
 
 
 def values_of(tensor) -> np.ndarray:

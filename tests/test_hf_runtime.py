@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from runtimes import get_runtime
-from runtimes.hf import attach, bake, model_binding, prepare_for_save, steered
+from runtimes.hf import bake, model_binding, prepare_for_save, steered
 from steerkit.errors import SteerkitError
 from steerkit.plan import compile_plan
 from steerkit.profile import Edit, Profile

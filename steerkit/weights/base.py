@@ -73,11 +73,17 @@ class WeightReader(ABC):
 
     def binding(self):
         """The :class:`steerkit.profile.ModelBinding` a profile must match to apply to this model."""
-        from steerkit.profile import ModelBinding, vocab_sha256
+        from steerkit.profile import ModelBinding
 
         info = self.info
         return ModelBinding(info.arch.name, info.n_layers, info.d_model, info.d_ff, info.vocab_size,
-                            vocab_sha256(self.tokens()))
+                            self.vocab_digest())
+
+    def vocab_digest(self) -> str:
+        """:func:`steerkit.profile.vocab_sha256` of this model's tokens (readers may cache it)."""
+        from steerkit.profile import vocab_sha256
+
+        return vocab_sha256(self.tokens())
 
     def check_layer(self, layer: int) -> None:
         """Raise a one-line error unless ``layer`` exists."""

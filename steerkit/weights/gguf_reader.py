@@ -15,7 +15,7 @@ from gguf.quants import dequantize
 
 from steerkit.architectures import arch_for_gguf
 from steerkit.errors import SteerkitError
-from steerkit.fingerprint import file_sha256
+from steerkit.fingerprint import cached_fact, file_sha256
 from steerkit.gguf_file import GGUFFile
 from steerkit.weights.base import ModelInfo, WeightReader
 
@@ -120,3 +120,7 @@ class GGUFWeights(WeightReader):
 
     def fingerprint(self) -> str:
         return file_sha256(self.path)
+
+    def vocab_digest(self) -> str:
+        # Decoding the token strings is most of the time a patch spends outside the copy: remember it per file.
+        return cached_fact(self.path, "vocab_sha256", super().vocab_digest)
