@@ -415,7 +415,7 @@ def patch_command(
     strength: Optional[float] = typer.Option(None, "--strength", "-s"),
     allow_repatch: bool = typer.Option(False, "--allow-repatch", help="Patch a file steerkit already patched."),
     approximate: bool = typer.Option(False, "--approximate",
-                                     help="Gemma: put clamp/add offsets in a control vector next to the output."),
+                                     help="Gemma: replace clamp/add edits by a fitted stand-in (norm gains + a control vector next to the output)."),
 ) -> None:
     """Write a patched GGUF that stock llama.cpp, llama-cpp-python and ollama load as-is."""
     from runtimes.llamacpp import patch_gguf
@@ -425,10 +425,9 @@ def patch_command(
     report = patch_gguf(model_file, loaded, output, strength, allow_repatch, approximate=approximate)
     typer.echo(f"wrote {report.output}: {report.scaled_rows} up_proj rows rescaled, "
                f"ffn_down bias in layers {list(report.bias_layers) or 'none'}, profile sha256 {report.profile_sha256[:16]}")
-    if report.control_vector:
-        typer.echo(f"APPROXIMATION: clamp/add offsets written to {report.control_vector}; run llama.cpp with "
-                   f"--control-vector {report.control_vector}. They act after the post-FFN norm, so the result is not "
-                   "the same as the HF runtime (see README for the measured divergence).")
+    if report.approximation:
+        typer.echo(f"wrote {report.control_vector}")
+        typer.echo(report.approximation)
 
 
 @app.command("inspect")

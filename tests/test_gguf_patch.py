@@ -203,14 +203,36 @@ def test_gemma_clamp_refused_scale_allowed(tmp_path):
     assert not (tmp_path / "o.gguf").exists()
     report = patch_gguf(source, [Profile("s", binding, [Edit(1, 2, "scale", 2.0)])], tmp_path / "o.gguf", progress=False)
     assert report.scaled_rows == 1 and report.bias_layers == () and report.control_vector is None
-    report = patch_gguf(source, [Profile("c", binding, [Edit(1, 2, "clamp", 1.5)])], tmp_path / "a.gguf",
-                        progress=False, approximate=True)
-    from runtimes.llamacpp.cvec import read_control_vector
 
-    assert report.control_vector == tmp_path / "a.cvec.gguf" and report.bias_layers == ()
-    directions = read_control_vector(report.control_vector)
-    np.testing.assert_allclose(directions[1], 1.5 * open_weights(str(source)).down_cols(1)[2], rtol=1e-6)
-    assert "APPROXIMATION" in embedded_profile(open_weights(str(tmp_path / "a.gguf")))["approximation"]
+
+
+def test_gemma_approximate_writes_the_fitted_stand_in(tmp_path, monkeypatch):
+    """--approximate: the fit of runtimes.hf.post_norm_fit lands in the file (norm gains) and the control vector."""
+    from types import SimpleNamespace
+
+    import runtimes.hf
+    from runtimes.hf.post_norm_fit import fit_post_norm
+    from runtimes.llamacpp.cvec import read_control_vector
+    from steerkit.plan import compile_plan
+    from steerkit.prompts import reference_text
+
+    model = tiny_model("gemma3_text")
+    source = save_gguf(model, tmp_path / "g.gguf")
+    tokenizer = lambda text: SimpleNamespace(input_ids=[3 + ord(c) % 90 for c in text[:300]])  # noqa: E731
+    monkeypatch.setattr(runtimes.hf, "load_model", lambda name: (model, tokenizer))  # the tiny GGUF has no attention
+    profile = Profile("c", binding_of(source), [Edit(1, 2, "clamp", 30.0)])
+    report = patch_gguf(source, [profile], tmp_path / "a.gguf", progress=False, approximate=True)
+    fit = fit_post_norm(model, tokenizer(reference_text()).input_ids, compile_plan([profile], binding_of(source)))[1]
+    assert report.control_vector == tmp_path / "a.cvec.gguf" and report.bias_layers == () and report.scaled_rows == 1
+    np.testing.assert_allclose(read_control_vector(report.control_vector)[1], fit.offset, rtol=1e-5, atol=1e-6)
+    original, patched = ({t.name: t for t in GGUFFile(path).tensors} for path in (source, tmp_path / "a.gguf"))
+    for name, tensor in original.items():
+        if name == "blk.1.post_ffw_norm.weight":
+            np.testing.assert_allclose(patched[name].data, np.float32(fit.gain) * tensor.data, rtol=1e-6)
+        elif name != "blk.1.ffn_up.weight":
+            assert np.array_equal(patched[name].data, tensor.data), name
+    note = embedded_profile(open_weights(str(tmp_path / "a.gguf")))["approximation"]
+    assert note == report.approximation and "APPROXIMATION" in note and f"{fit.gain:.3f}" in note
 
 
 def test_disk_full_leaves_no_partial_output(q8_model, tmp_path, monkeypatch):

@@ -195,8 +195,13 @@ def test_gemma3_scale_and_ablate_parity(op, tmp_path):
 
 
 def test_gemma3_clamp_approximation_figure(tmp_path):
-    """Gemma 3 clamp via --approximate (up rows zeroed exactly, offsets as a control vector): measured, not exact."""
+    """Gemma 3 clamp via --approximate: up rows zeroed exactly, plus a fitted stand-in (post-FFN norm gains in the
+    file, offsets as a control vector); measured in llama.cpp against the HF hooks, and described in the file."""
+    import re
+
+    from runtimes.llamacpp import embedded_profile
     from runtimes.llamacpp.cvec import read_control_vector
+    from steerkit.weights.gguf_reader import GGUFWeights
 
     model, tokenizer = gemma3()
     ids = [tokenizer(t).input_ids for t in TEXTS[:5]]
@@ -205,19 +210,19 @@ def test_gemma3_clamp_approximation_figure(tmp_path):
     report = patch_gguf(resolve_model("gemma3-270m").path, [profile], tmp_path / "clamp.gguf", progress=False,
                         approximate=True)
     cpp = LlamaCppModel(report.output)
-    rows_only = [cpp.logits(row) for row in ids]  # up rows zeroed, offsets not yet applied
     cpp.set_control_vector(read_control_vector(report.control_vector))
     steered_hf = hf_logits(model, ids, compile_plan([profile], binding))
-    approximated = [cpp.logits(row) for row in ids]
-    kl, top1 = compare(steered_hf, approximated)
+    kl, top1 = compare(steered_hf, [cpp.logits(row) for row in ids])
     base_kl, base_top1 = compare(hf_logits(model, ids), [_gemma_cpp().logits(row) for row in ids])
     moved, _ = compare(steered_hf, hf_logits(model, ids))
-    print(f"gemma3 clamp approximation: KL {kl:.4f} vs HF hooks (baseline {base_kl:.4f}, ratio {kl / base_kl:.1f}), "
+    print(f"gemma3 clamp stand-in: KL {kl:.4f} vs HF hooks (baseline {base_kl:.4f}, ratio {kl / base_kl:.1f}), "
           f"top-1 {top1:.3f} (baseline {base_top1:.3f}); the exact edit moves KL {moved:.3f}")
-    assert np.isfinite(kl)
-    # The control vector is applied (measured: KL 0.0018 with vs without it), but unnormalised offsets are
-    # tiny next to Gemma's residual stream: the approximation is little more than zeroing the clamped neurons.
-    assert compare(rows_only, approximated)[0] > 1e-4
+    # Measured: 0.026 / 91.6 % (the offsets alone, unfitted: KL 2.73 / 39 %, i.e. nothing of the edit).
+    assert kl < 0.05 * moved and top1 >= 0.85
+    note = embedded_profile(GGUFWeights(report.output))["approximation"]
+    assert note == report.approximation and "APPROXIMATION" in note and report.control_vector.name in note
+    stated = float(re.search(r"mean KL per position ([0-9.]+)", note).group(1))
+    assert stated < 0.05 * moved and kl < 3 * stated + base_kl  # the file's own figure is the right size
 
 
 _CACHE: dict = {}

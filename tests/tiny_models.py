@@ -69,7 +69,7 @@ def save_hf(model, folder: Path) -> Path:
 
 
 def save_gguf(model, path: Path, tokens: list[str] | None = None, ffn_type=None) -> Path:
-    """Write the MLP, final norm and embeddings of ``model`` as a GGUF the way llama.cpp's converter would.
+    """Write the MLP (with Gemma's post-FFN norm), final norm and embeddings of ``model`` as llama.cpp's converter would.
 
     Tensors are F32, or ``ffn_type`` (a type gguf-py can quantize) for the FFN matrices.
     """
@@ -90,6 +90,9 @@ def save_gguf(model, path: Path, tokens: list[str] | None = None, ffn_type=None)
     if "lm_head.weight" in state and not config.tie_word_embeddings:
         writer.add_tensor("output.weight", state["lm_head.weight"])
     for i in range(config.num_hidden_layers):
+        if gemma:
+            post_norm = state[f"model.layers.{i}.post_feedforward_layernorm.weight"] + 1.0
+            writer.add_tensor(f"blk.{i}.post_ffw_norm.weight", post_norm.astype(np.float32))
         for ours, theirs in (("ffn_up", "up_proj"), ("ffn_gate", "gate_proj"), ("ffn_down", "down_proj")):
             weight = state[f"model.layers.{i}.mlp.{theirs}.weight"]
             if ffn_type is None:

@@ -8,6 +8,10 @@ Per the compilation table (../shared/DESIGN.md), for neuron ``j`` of layer
   ``h = act(gate.x) * (up.x)`` is scaled exactly;
 * ``add != 0``: ``add * W_down[:, j]`` is summed into an F32
   ``blk.N.ffn_down.bias`` tensor, which llama.cpp's llama-family graphs load.
+  Gemma's graph loads no such bias and normalises the FFN output first: with
+  ``approximate`` the additive part becomes a fitted stand-in (post-FFN norm
+  gain scaled in the file, an offset in a control vector next to it;
+  :mod:`runtimes.hf.post_norm_fit`), measured and described in the file.
 
 The output also carries the profiles (names, sha256, full YAML) as
 ``steerkit.*`` metadata.  The file is streamed tensor by tensor from the
@@ -23,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from gguf import GGMLQuantizationType
 from gguf.quants import dequantize
 from tqdm import tqdm
 
@@ -52,6 +57,7 @@ class PatchReport:
     bias_layers: tuple[int, ...]
     profile_sha256: str
     control_vector: Path | None = None  # the approximate additive part, for architectures without an FFN bias
+    approximation: str | None = None  # what was approximated and its measured divergence (also in the file)
 
 
 def gguf_binding(weights: GGUFWeights) -> ModelBinding:
@@ -95,8 +101,10 @@ def patch_gguf(
     scale field, the file is not already patched (unless ``allow_repatch``).
     The profiles' YAML, names and hash go into ``steerkit.*`` metadata.
     With ``approximate``, clamp/add edits on an architecture whose llama.cpp
-    graph has no FFN bias (Gemma) go into a control vector next to the output
-    (:func:`control_vector_path`), and the file says it is an approximation.
+    graph has no FFN bias (Gemma) become a fitted stand-in: scaled post-FFN
+    norm gains in the file and offsets in a control vector next to it
+    (:func:`control_vector_path`); the file's metadata and the report's
+    ``approximation`` say so, with the stand-in's measured divergence.
 
     >>> patch_gguf("model.gguf", [load_profile("dog.yaml")], "dog.gguf")   # doctest: +SKIP
     """
@@ -165,13 +173,10 @@ def write_patched(
             bias = _bias(weights, edits, existing)
             (replaced if name in tensors else added)[name] = bias
 
-    cvec_path = None
+    cvec_path = note = stand_in = None
     if approximation:
-        from runtimes.llamacpp.cvec import control_vector, write_control_vector
-
-        vector = control_vector(plan, weights)
         cvec_path = control_vector_path(output)
-        write_control_vector(vector, weights.info.n_layers, cvec_path)
+        stand_in, note = _post_norm_stand_in(weights, plan, tensors, replaced, cvec_path.name)
     digest = hashlib.sha256(profile_yaml.encode()).hexdigest()
     new_kv = [
         pack_string_array_kv(_KEY_NAMES, names),
@@ -179,14 +184,51 @@ def write_patched(
         pack_string_kv(_KEY_YAML, profile_yaml),
         pack_string_kv(_KEY_VERSION, steerkit.__version__),
     ]
-    if approximation:
-        new_kv.append(pack_string_kv(_KEY_APPROX, (
-            f"APPROXIMATION: the additive part of clamp/add edits in layers {approximation} is not in this file; it is "
-            f"the llama.cpp control vector {cvec_path.name} (run with --control-vector {cvec_path.name}), added after "
-            f"{arch.name}'s post-FFN norm instead of inside it. Divergence from the HF runtime: see steerkit's README.")))
+    if note:
+        new_kv.append(pack_string_kv(_KEY_APPROX, note))
     total = sum(t.n_bytes for t in weights.file.tensors)
     with atomic_write(output, suffix=".gguf") as tmp:
         with tqdm(total=total, unit="B", unit_scale=True, desc=f"patch {output.name}", disable=not progress) as bar:
             write_gguf_copy(weights.file, tmp, lambda key: key.startswith(KEY_PREFIX), new_kv, replaced, added, bar.update,
                             row_patches)
-    return PatchReport(output, scaled_rows, tuple(sorted(int(n.split(".")[1]) for n in added)), digest, cvec_path)
+    if stand_in is not None:
+        from runtimes.llamacpp.cvec import write_control_vector
+
+        write_control_vector(stand_in, weights.info.n_layers, cvec_path)
+    return PatchReport(output, scaled_rows, tuple(sorted(int(n.split(".")[1]) for n in added)), digest, cvec_path, note)
+
+
+def _post_norm_stand_in(weights: GGUFWeights, plan: Plan, tensors: dict, replaced: dict[str, np.ndarray],
+                        cvec_name: str):
+    """Fit the affine stand-in of :mod:`runtimes.hf.post_norm_fit` and measure it.
+
+    The fitted gains go into ``replaced`` (post-FFN norm weights); returns the note for the file's metadata
+    and the control vector of the offsets.  Needs the model in transformers (converted from this GGUF, cached).
+    """
+    from runtimes.hf import load_model
+    from runtimes.hf.post_norm_fit import divergence, fit_post_norm
+    from runtimes.llamacpp.cvec import ControlVector
+    from steerkit.prompts import builtin_prompts, reference_text
+
+    model, tokenizer = load_model(str(weights.path))
+    fits = fit_post_norm(model, tokenizer(reference_text()).input_ids, plan)
+    if 0 in fits:
+        raise SteerkitError("llama.cpp control vectors cannot act on layer 0; remove or move the layer-0 add/clamp edits")
+    for layer, fit in fits.items():
+        name = f"blk.{layer}.post_ffw_norm.weight"
+        tensor = tensors.get(name)
+        if tensor is None:
+            raise SteerkitError(f"{weights.path}: tensor {name} is missing (expected in a {weights.info.arch.name} model)")
+        if tensor.tensor_type != GGMLQuantizationType.F32:
+            raise SteerkitError(f"{weights.path}: {name} is {tensor.tensor_type.name}, expected F32 (a norm weight)")
+        replaced[name] = np.asarray(tensor.data, dtype=np.float32) * np.float32(fit.gain)
+    vector = ControlVector({layer: fit.offset for layer, fit in fits.items()}, weights.info.arch.name, [])
+    prompts = builtin_prompts("neutral")
+    kl, top1, moved = divergence(model, tokenizer, prompts, plan, fits)
+    return vector, (f"APPROXIMATION: {weights.info.arch.name} normalises the FFN output and llama.cpp loads no FFN bias here, so "
+            f"the clamp/add edits of layers {sorted(fits)} are replaced by a fitted stand-in: post-FFN norm gains "
+            f"scaled by {', '.join(f'{f.gain:.3f}' for f in fits.values())} in this file, plus offsets in the control "
+            f"vector {cvec_name} (run llama.cpp with --control-vector {cvec_name}; without it this file is "
+            f"wrong). Measured against the exact edit in transformers on steerkit's {len(prompts)} neutral prompts: "
+            f"mean KL per position {kl:.4f}, top-1 agreement {100 * top1:.1f} %, where the exact edit itself moves "
+            f"the model by KL {moved:.3f}.")
