@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from runtimes.hf.hooks import steered
 from runtimes.hf.modules import mlp_module, model_arch
@@ -120,22 +121,27 @@ def approximated(model: torch.nn.Module, plan: Plan, fits: dict[int, PostNormFit
 
 @torch.no_grad()
 def divergence(model: torch.nn.Module, tokenizer, texts: list[str], plan: Plan,
-               fits: dict[int, PostNormFit]) -> tuple[float, float, float]:
+               fits: dict[int, PostNormFit], progress: bool = False) -> tuple[float, float, float]:
     """How far the stand-in is from the exact edit on ``texts``, in the HF runtime.
 
     Returns (mean KL per position of the stand-in from the exact edit, top-1 agreement with it, and the
     mean KL the exact edit itself moves the model by: the scale the first figure is to be read against).
     """
+    bar = tqdm(total=3 * len(texts), desc="measuring the stand-in", disable=not progress)
+
     def log_probs(context) -> torch.Tensor:
+        rows = []
         with context:
-            return torch.cat([
-                torch.log_softmax(model(torch.tensor([tokenizer(t).input_ids], device=model.device)).logits[0].float(), -1)
-                for t in texts
-            ])
+            for text in texts:
+                ids = torch.tensor([tokenizer(text).input_ids], device=model.device)
+                rows.append(torch.log_softmax(model(ids).logits[0].float(), -1))
+                bar.update()
+        return torch.cat(rows)
 
     exact = log_probs(steered(model, plan))
     stand_in = log_probs(approximated(model, plan, fits))
     plain = log_probs(contextlib.nullcontext())
+    bar.close()
 
     def kl(p: torch.Tensor, q: torch.Tensor) -> float:
         return float((p.exp() * (p - q)).sum(-1).mean())

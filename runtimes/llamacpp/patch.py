@@ -176,7 +176,7 @@ def write_patched(
     cvec_path = note = stand_in = None
     if approximation:
         cvec_path = control_vector_path(output)
-        stand_in, note = _post_norm_stand_in(weights, plan, tensors, replaced, cvec_path.name)
+        stand_in, note = _post_norm_stand_in(weights, plan, tensors, replaced, cvec_path.name, progress)
     digest = hashlib.sha256(profile_yaml.encode()).hexdigest()
     new_kv = [
         pack_string_array_kv(_KEY_NAMES, names),
@@ -199,7 +199,7 @@ def write_patched(
 
 
 def _post_norm_stand_in(weights: GGUFWeights, plan: Plan, tensors: dict, replaced: dict[str, np.ndarray],
-                        cvec_name: str):
+                        cvec_name: str, progress: bool):
     """Fit the affine stand-in of :mod:`runtimes.hf.post_norm_fit` and measure it.
 
     The fitted gains go into ``replaced`` (post-FFN norm weights); returns the note for the file's metadata
@@ -224,7 +224,7 @@ def _post_norm_stand_in(weights: GGUFWeights, plan: Plan, tensors: dict, replace
         replaced[name] = np.asarray(tensor.data, dtype=np.float32) * np.float32(fit.gain)
     vector = ControlVector({layer: fit.offset for layer, fit in fits.items()}, weights.info.arch.name, [])
     prompts = builtin_prompts("neutral")
-    kl, top1, moved = divergence(model, tokenizer, prompts, plan, fits)
+    kl, top1, moved = divergence(model, tokenizer, prompts, plan, fits, progress)
     return vector, (f"APPROXIMATION: {weights.info.arch.name} normalises the FFN output and llama.cpp loads no FFN bias here, so "
             f"the clamp/add edits of layers {sorted(fits)} are replaced by a fitted stand-in: post-FFN norm gains "
             f"scaled by {', '.join(f'{f.gain:.3f}' for f in fits.values())} in this file, plus offsets in the control "
