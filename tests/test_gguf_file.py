@@ -31,3 +31,22 @@ def test_tiny_files(tmp_path, ffn_type):
 @pytest.mark.real
 def test_default_model():
     assert_same_as_gguf_py(resolve_model().path)
+
+
+def test_long_string_arrays_are_walked_once_per_file(tmp_path, monkeypatch):
+    """A tokenizer-sized string array's end is remembered per file; a rewritten file is walked afresh."""
+    import steerkit.gguf_file as gguf_file
+
+    path = tmp_path / "m.gguf"
+    walks = []
+    real_skip = GGUFFile._skip_strings
+    monkeypatch.setattr(GGUFFile, "_skip_strings", lambda self, count: walks.append(count) or real_skip(self, count))
+    model = tiny_model("llama", hidden_size=64, intermediate_size=96, vocab_size=5000)
+    for words in ("a", "bb"):
+        save_gguf(model, path, tokens=[f"{words}{i}" for i in range(5000)])
+        walks.clear()
+        assert_same_as_gguf_py(path)  # first open: walked
+        assert 5000 in walks
+        walks.clear()
+        assert GGUFFile(path).value("tokenizer.ggml.tokens")[4999] == f"{words}4999"  # second: remembered
+        assert 5000 not in walks and gguf_file._REMEMBERED_WALK <= 5000

@@ -107,6 +107,7 @@ def test_patch_changes_only_what_it_must(q8_model, tmp_path):
     np.testing.assert_allclose(new["blk.2.ffn_down.bias"].data, 1.5 * open_weights(str(source)).down_cols(2)[7], rtol=1e-6)
     for key, field in original.fields.items():  # metadata kept as is
         assert patched.raw_field(key) == original.raw_field(key)
+    assert patched.data_start % 4096 == original.data_start % 4096  # the copy goes page onto page
     embedded = embedded_profile(open_weights(str(tmp_path / "out.gguf")))
     assert embedded["names"] == ["mix"] and "op: clamp" in embedded["yaml"] and embedded["sha256"] == report.profile_sha256
     assert len(GGUFReader(tmp_path / "out.gguf").tensors) == len(original.tensors) + 2  # gguf-py reads it too

@@ -1,8 +1,14 @@
-"""The serving recipe: llama-cpp-python's OpenAI-compatible server on loopback, serving a patched GGUF."""
+"""The serving recipes: an OpenAI-compatible server on loopback serving a patched GGUF.
+
+llama-cpp-python's server always runs; llama.cpp's own ``llama-server`` runs where it is installed
+(on PATH, or named by ``$STEERKIT_LLAMA_SERVER``) and is skipped otherwise.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -25,19 +31,27 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_server_answers_with_the_steered_model(tmp_path):
-    pytest.importorskip("uvicorn")
+def server_command(kind: str, model, port: int) -> list[str]:
+    if kind == "llama-cpp-python":
+        pytest.importorskip("uvicorn")
+        return [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
+                "--port", str(port), "--n_ctx", "512"]
+    binary = os.environ.get("STEERKIT_LLAMA_SERVER") or shutil.which("llama-server")
+    if not binary:
+        pytest.skip("llama-server is not installed (set STEERKIT_LLAMA_SERVER to its path)")
+    return [binary, "-m", str(model), "--host", "127.0.0.1", "--port", str(port), "-c", "512"]
+
+
+@pytest.mark.parametrize("kind", ["llama-cpp-python", "llama-server"])
+def test_server_answers_with_the_steered_model(kind, tmp_path):
     model = tmp_path / "dog.gguf"
-    patch_gguf(resolve_model().path, [load_profile(shipped_profile("dog-clamp"))], model, progress=False)
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
-         "--n_ctx", "512"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    command = server_command(kind, model, port)
+    patch_gguf(resolve_model().path, [load_profile(shipped_profile("dog-clamp"))], model, progress=False)
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}/v1"
     try:
-        for _ in range(120):  # bounded wait for the server to come up
+        for _ in range(120):  # bounded wait for the server to come up (llama-server answers 503 while loading)
             try:
                 urllib.request.urlopen(f"{base}/models", timeout=1)
                 break

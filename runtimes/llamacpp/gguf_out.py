@@ -50,6 +50,7 @@ def write_gguf_copy(
     added: dict[str, np.ndarray],
     on_bytes: Callable[[int], None] = lambda n: None,
     row_patches: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    padding_key: str | None = None,
 ) -> None:
     """Write ``source`` to ``target`` with keys dropped/added and tensors replaced/added.
 
@@ -58,6 +59,8 @@ def write_gguf_copy(
     Kept tensors keep their source offsets, so the whole data section is one
     file-to-file copy; replaced tensors and patched rows are then written over
     it (only they are ever held in memory), and added tensors go after it.
+    With ``padding_key``, a string entry of that name pads the header so that
+    the data section keeps the source's offset modulo 4 KiB (:func:`_page_padding`).
     """
     row_patches = row_patches or {}
     fields = [f for f in source.fields.values() if not drop_keys(f.key)]
@@ -74,17 +77,21 @@ def write_gguf_copy(
         infos.append((name, tuple(reversed(data.shape)), GGMLQuantizationType.F32, offset))
         added_offsets.append(offset)
         offset = _pad(offset + data.nbytes, alignment)
+    tensor_infos = b"".join(
+        _pack_string(name) + struct.pack("<I", len(shape)) + struct.pack(f"<{len(shape)}Q", *shape)
+        + struct.pack("<IQ", tensor_type, tensor_offset)
+        for name, shape, tensor_type, tensor_offset in infos
+    )
+    entries = [source.raw_field(field.key) for field in fields] + list(new_kv)
+    if padding_key:
+        entries.append(_page_padding(padding_key, 24 + sum(map(len, entries)) + len(tensor_infos), source.data_start))
     # No O_TRUNC: on ext4, truncating a file (even the empty one atomic_write made) makes its close
     # start writeback of everything written, which doubled the patch time of the 98 MB model.
     with os.fdopen(os.open(target, os.O_WRONLY | os.O_CREAT, 0o666), "wb") as out:
-        out.write(b"GGUF" + struct.pack("<IQQ", 3, len(infos), len(fields) + len(new_kv)))
-        for field in fields:
-            out.write(source.raw_field(field.key))
-        for entry in new_kv:
+        out.write(b"GGUF" + struct.pack("<IQQ", 3, len(infos), len(entries)))
+        for entry in entries:
             out.write(entry)
-        for name, shape, tensor_type, tensor_offset in infos:
-            out.write(_pack_string(name) + struct.pack("<I", len(shape)) + struct.pack(f"<{len(shape)}Q", *shape))
-            out.write(struct.pack("<IQ", tensor_type, tensor_offset))
+        out.write(tensor_infos)
         out.write(b"\0" * (_pad(out.tell(), alignment) - out.tell()))
         data_start = out.tell()
         out.flush()
@@ -100,6 +107,19 @@ def write_gguf_copy(
         out.write(b"\0" * (data_start + offset - out.tell()))
         if os.fstat(out.fileno()).st_size > out.tell():  # the target held a longer file
             out.truncate()
+
+
+def _page_padding(key: str, header_size: int, source_data_start: int) -> bytes:
+    """A string entry that makes the header end where the source's data starts, modulo the 4 KiB page.
+
+    The kernel then copies the data section page onto page: measured on the 98 MB model, a copy between
+    offsets that differ modulo 4 KiB is ~25 % slower.  (Both data starts are multiples of the GGUF
+    alignment, so the padded header needs no further padding.)
+    """
+    fixed = len(_pack_string(key)) + 4 + 8  # key, value type, string length
+    target = header_size + fixed
+    target += (source_data_start - target) % 4096
+    return _pack_string(key) + struct.pack("<I", GGUFValueType.STRING) + _pack_string(" " * (target - header_size - fixed))
 
 
 def _overwrite(out, start: int, tensor, data, row_patch) -> None:

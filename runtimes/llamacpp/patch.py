@@ -190,7 +190,7 @@ def write_patched(
     with atomic_write(output, suffix=".gguf") as tmp:
         with tqdm(total=total, unit="B", unit_scale=True, desc=f"patch {output.name}", disable=not progress) as bar:
             write_gguf_copy(weights.file, tmp, lambda key: key.startswith(KEY_PREFIX), new_kv, replaced, added, bar.update,
-                            row_patches)
+                            row_patches, padding_key=KEY_PREFIX + "padding")
     if stand_in is not None:
         from runtimes.llamacpp.cvec import write_control_vector
 
