@@ -458,7 +458,7 @@ def export_cvec_command(
 ) -> None:
     """Write the additive part of a profile as a llama.cpp control vector (--control-vector)."""
     from runtimes.llamacpp import gguf_binding
-    from runtimes.llamacpp.cvec import control_vector, write_control_vector
+    from runtimes.llamacpp.cvec import export_control_vector, write_control_vector
     from steerkit.plan import compile_plan
     from steerkit.profile import load_profile
     from steerkit.sources import resolve_model
@@ -469,7 +469,7 @@ def export_cvec_command(
     if source.kind != "gguf":
         raise SteerkitError(f"model {source.name}: export-cvec needs a GGUF model")
     weights = GGUFWeights(source.path, source.name)
-    vector = control_vector(compile_plan([loaded], gguf_binding(weights), strength), weights)
+    vector = export_control_vector(compile_plan([loaded], gguf_binding(weights), strength), weights)
     write_control_vector(vector, weights.info.n_layers, output)
     typer.echo(f"wrote {output}: directions for layers {sorted(vector.directions)}")
     for note in vector.left_out:

@@ -259,3 +259,24 @@ def test_disk_full_leaves_no_partial_output(q8_model, tmp_path, monkeypatch):
     with pytest.raises(SteerkitError, match="cannot write .*No space left on device"):
         patch_gguf(source, [good], out_dir / "o.gguf", progress=False)
     assert list(out_dir.iterdir()) == []
+
+
+def test_gemma_export_cvec_writes_fitted_offsets(tmp_path, monkeypatch):
+    """export-cvec on a post-FFN-norm model: offsets fitted for the unpatched model, with the measured figure."""
+    from types import SimpleNamespace
+
+    import runtimes.hf
+    from runtimes.hf.post_norm_fit import fit_post_norm
+    from runtimes.llamacpp.cvec import export_control_vector
+    from steerkit.plan import compile_plan
+    from steerkit.prompts import reference_text
+
+    model = tiny_model("gemma3_text")
+    source = save_gguf(model, tmp_path / "g.gguf")
+    tokenizer = lambda text: SimpleNamespace(input_ids=[3 + ord(c) % 90 for c in text[:300]])  # noqa: E731
+    monkeypatch.setattr(runtimes.hf, "load_model", lambda name: (model, tokenizer))
+    plan = compile_plan([Profile("c", binding_of(source), [Edit(1, 2, "clamp", 30.0)])], binding_of(source))
+    vector = export_control_vector(plan, open_weights(str(source)), progress=False)
+    expected = fit_post_norm(model, tokenizer(reference_text()).input_ids, plan, fit_gain=False, rows_patched=False)
+    np.testing.assert_allclose(vector.directions[1], expected[1].offset, rtol=1e-5, atol=1e-6)
+    assert any("offsets fitted" in note and "mean KL per position" in note for note in vector.left_out)

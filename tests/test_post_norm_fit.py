@@ -58,3 +58,17 @@ def test_small_edit_fits_near_identity(gemma):
     model, _, calibration, _ = gemma
     fits = fit_post_norm(model, calibration, plan_for(model, [Edit(1, 4, "add", 1e-4)]))
     assert abs(fits[1].gain - 1.0) < 1e-3 and np.abs(fits[1].offset).max() < 1e-3
+
+
+def test_offsets_for_an_unpatched_model_beat_plain_ones(gemma):
+    """rows_patched=False (a control vector used alone): fitted offsets beat add * W_down[:, j] after the norm."""
+    from runtimes.hf.post_norm_fit import _added, additive_layers
+
+    model, tokenizer, calibration, held_out = gemma
+    plan = plan_for(model, [Edit(1, 4, "clamp", 40.0), Edit(2, 9, "add", -30.0)])
+    fits = fit_post_norm(model, calibration, plan, fit_gain=False, rows_patched=False)
+    with torch.no_grad():
+        plain = {layer: PostNormFit(1.0, _added(model, edits).numpy()) for layer, edits in additive_layers(plan).items()}
+    kl, _, moved = divergence(model, tokenizer, held_out, plan, fits, rows_patched=False)
+    kl_plain, _, _ = divergence(model, tokenizer, held_out, plan, plain, rows_patched=False)
+    assert kl < 0.5 * kl_plain and kl < moved

@@ -225,6 +225,30 @@ def test_gemma3_clamp_approximation_figure(tmp_path):
     assert stated < 0.05 * moved and kl < 3 * stated + base_kl  # the file's own figure is the right size
 
 
+def test_gemma3_export_cvec_fitted_offsets(tmp_path):
+    """export-cvec on Gemma: offsets fitted for the unpatched model beat the plain add * W_down[:, j]."""
+    from runtimes.llamacpp.cvec import control_vector, export_control_vector
+    from steerkit.weights.gguf_reader import GGUFWeights
+
+    model, tokenizer = gemma3()
+    ids = [tokenizer(t).input_ids for t in TEXTS[:5]]
+    binding = model_binding(model, tokenizer)
+    plan = compile_plan([Profile("clamp", binding, [Edit(17, 100, "clamp", 10.0), Edit(12, 5, "clamp", 10.0)])], binding)
+    weights = GGUFWeights(resolve_model("gemma3-270m").path)
+    steered_hf = hf_logits(model, ids, plan)
+    cpp = _gemma_cpp()
+    results = {}
+    for name, vector in (("plain", control_vector(plan, weights)), ("fitted", export_control_vector(plan, weights, False))):
+        cpp.set_control_vector(vector.directions)
+        results[name] = compare(steered_hf, [cpp.logits(row) for row in ids])
+    cpp.set_control_vector(None)
+    moved, _ = compare(steered_hf, hf_logits(model, ids))
+    print(f"gemma3 export-cvec: plain KL {results['plain'][0]:.3f} / top-1 {results['plain'][1]:.3f}, fitted KL "
+          f"{results['fitted'][0]:.3f} / top-1 {results['fitted'][1]:.3f}; the exact edit moves KL {moved:.3f}")
+    # Measured: plain 2.71 / 40 %, fitted 0.44 / 66 %.
+    assert results["fitted"][0] < 0.3 * results["plain"][0] and results["fitted"][0] < 0.3 * moved
+
+
 _CACHE: dict = {}
 
 

@@ -69,22 +69,33 @@ def _added(model: torch.nn.Module, edits: LayerEdits) -> torch.Tensor:
 
 
 @torch.no_grad()
-def fit_post_norm(model: torch.nn.Module, input_ids: list[int], plan: Plan, fit_gain: bool = True) -> dict[int, PostNormFit]:
+def fit_post_norm(model: torch.nn.Module, input_ids: list[int], plan: Plan, fit_gain: bool = True,
+                  rows_patched: bool = True) -> dict[int, PostNormFit]:
     """Fit ``k`` and ``c`` for every additive layer of ``plan`` along the exactly steered run over ``input_ids``.
 
-    With ``fit_gain=False``, ``k`` stays 1 and ``c`` is the mean difference (what a control vector alone can do).
+    With ``fit_gain=False``, ``k`` stays 1 and ``c`` is the mean difference (what a control vector alone can
+    do).  ``rows_patched`` says what llama.cpp's FFN output ``y0`` is: the patched file's (scaled and
+    clamped rows applied, adds missing), or with ``False`` the unpatched model's (no edit at all), for a
+    control vector used on its own.
     """
     layers = additive_layers(plan)
     samples: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    unedited: dict[int, torch.Tensor] = {}
     handles = []
     for layer, edits in layers.items():
-        norm, added = _post_norm(model, layer), _added(model, edits)
+        norm, added, mlp = _post_norm(model, layer), _added(model, edits), mlp_module(model, layer)
 
-        def record(module, args, output, layer=layer, norm=norm, added=added) -> None:
+        def record(module, args, output, layer=layer, norm=norm, added=added, down=mlp.down_proj) -> None:
             # output = y0 + D (the hooks edited h); both sides of the fit, in float64 for the sums.
-            samples[layer] = (norm(output - added)[0].double(), norm(output)[0].double())
+            plain = output - added if rows_patched else torch.nn.functional.linear(unedited[layer], down.weight, down.bias)
+            samples[layer] = (norm(plain)[0].double(), norm(output)[0].double())
 
-        handles.append(mlp_module(model, layer).register_forward_hook(record))
+        def keep_unedited(module, args, layer=layer) -> None:
+            unedited[layer] = args[0].clone()  # steerkit's hook then edits h in place
+
+        handles.append(mlp.register_forward_hook(record))
+        if not rows_patched:  # before steerkit's own pre-hook edits h
+            handles.append(mlp.down_proj.register_forward_pre_hook(keep_unedited, prepend=True))
     try:
         with steered(model, plan):
             model(torch.tensor([input_ids], device=model.device))
@@ -101,8 +112,10 @@ def fit_post_norm(model: torch.nn.Module, input_ids: list[int], plan: Plan, fit_
 
 
 @contextlib.contextmanager
-def approximated(model: torch.nn.Module, plan: Plan, fits: dict[int, PostNormFit]) -> Iterator[None]:
-    """Run ``model`` as the patched llama.cpp file computes: exact row edits, then gain and offset after the norm."""
+def approximated(model: torch.nn.Module, plan: Plan, fits: dict[int, PostNormFit],
+                 rows_patched: bool = True) -> Iterator[None]:
+    """Run ``model`` as llama.cpp computes the stand-in: row edits (unless ``rows_patched=False``: an
+    unpatched model), then gain and offset after the norm."""
     handles = []
     for layer, fit in fits.items():
         offset = torch.as_tensor(fit.offset)
@@ -112,7 +125,7 @@ def approximated(model: torch.nn.Module, plan: Plan, fits: dict[int, PostNormFit
 
         handles.append(_post_norm(model, layer).register_forward_hook(stand_in))
     try:
-        with steered(model, without_adds(plan)):
+        with steered(model, without_adds(plan)) if rows_patched else contextlib.nullcontext():
             yield
     finally:
         for handle in handles:
@@ -121,7 +134,7 @@ def approximated(model: torch.nn.Module, plan: Plan, fits: dict[int, PostNormFit
 
 @torch.no_grad()
 def divergence(model: torch.nn.Module, tokenizer, texts: list[str], plan: Plan,
-               fits: dict[int, PostNormFit], progress: bool = False) -> tuple[float, float, float]:
+               fits: dict[int, PostNormFit], progress: bool = False, rows_patched: bool = True) -> tuple[float, float, float]:
     """How far the stand-in is from the exact edit on ``texts``, in the HF runtime.
 
     Returns (mean KL per position of the stand-in from the exact edit, top-1 agreement with it, and the
@@ -139,7 +152,7 @@ def divergence(model: torch.nn.Module, tokenizer, texts: list[str], plan: Plan,
         return torch.cat(rows)
 
     exact = log_probs(steered(model, plan))
-    stand_in = log_probs(approximated(model, plan, fits))
+    stand_in = log_probs(approximated(model, plan, fits, rows_patched))
     plain = log_probs(contextlib.nullcontext())
     bar.close()
 

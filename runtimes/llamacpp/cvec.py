@@ -8,8 +8,8 @@ be targeted.  For a neuron edit ``h*mult + add`` the additive part is
 ``add * W_down[:, j]``: exact for ``add`` edits on llama-family models (the
 FFN output goes straight into the residual), an approximation for a clamp
 (the neuron's own activation is not removed) and for Gemma (whose post-FFN
-norm comes before the residual add).  Scales and ablations have no additive
-part and are left out.
+norm comes before the residual add: :func:`export_control_vector` fits the
+offsets there).  Scales and ablations have no additive part and are left out.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from steerkit.gguf_file import GGUFFile
 from steerkit.plan import Plan
 from steerkit.weights import WeightReader
 
-__all__ = ["ControlVector", "control_vector", "write_control_vector", "read_control_vector"]
+__all__ = ["ControlVector", "control_vector", "export_control_vector", "write_control_vector", "read_control_vector"]
 
 
 @dataclass
@@ -58,6 +58,21 @@ def control_vector(plan: Plan, weights: WeightReader) -> ControlVector:
     if info.arch.post_ffn_norm and directions:
         left_out.append(f"{info.arch.name}: the post-FFN norm is bypassed, so offsets are approximate")
     return ControlVector(directions, info.arch.name, left_out)
+
+
+def export_control_vector(plan: Plan, weights, progress: bool = True) -> ControlVector:
+    """What ``steerkit export-cvec`` writes: :func:`control_vector`, except on models that normalise the FFN
+    output (Gemma), where the plain offsets do next to nothing and fitted ones are written instead
+    (:mod:`runtimes.llamacpp.stand_in`, for the unpatched model; loads it in transformers)."""
+    plain = control_vector(plan, weights)
+    if not (weights.info.arch.post_ffn_norm and plain.directions):
+        return plain
+    from runtimes.llamacpp.stand_in import fit_stand_in
+
+    stand_in = fit_stand_in(weights, plan, rows_patched=False, progress=progress)
+    notes = plain.left_out[:-1] + [f"{weights.info.arch.name}: offsets fitted to stand in for edits inside the "
+                                   f"post-FFN norm. {stand_in.measured()}"]
+    return ControlVector({layer: fit.offset for layer, fit in stand_in.fits.items()}, plain.model_hint, notes)
 
 
 def write_control_vector(vector: ControlVector, n_layers: int, path: str | Path) -> Path:

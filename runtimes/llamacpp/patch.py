@@ -200,21 +200,16 @@ def write_patched(
 
 def _post_norm_stand_in(weights: GGUFWeights, plan: Plan, tensors: dict, replaced: dict[str, np.ndarray],
                         cvec_name: str, progress: bool):
-    """Fit the affine stand-in of :mod:`runtimes.hf.post_norm_fit` and measure it.
+    """Fit the stand-in (:mod:`runtimes.llamacpp.stand_in`) for the patched file and measure it.
 
-    The fitted gains go into ``replaced`` (post-FFN norm weights); returns the note for the file's metadata
-    and the control vector of the offsets.  Needs the model in transformers (converted from this GGUF, cached).
+    The fitted gains go into ``replaced`` (post-FFN norm weights); returns the control vector of the
+    offsets and the note for the file's metadata.
     """
-    from runtimes.hf import load_model
-    from runtimes.hf.post_norm_fit import divergence, fit_post_norm
     from runtimes.llamacpp.cvec import ControlVector
-    from steerkit.prompts import builtin_prompts, reference_text
+    from runtimes.llamacpp.stand_in import fit_stand_in
 
-    model, tokenizer = load_model(str(weights.path))
-    fits = fit_post_norm(model, tokenizer(reference_text()).input_ids, plan)
-    if 0 in fits:
-        raise SteerkitError("llama.cpp control vectors cannot act on layer 0; remove or move the layer-0 add/clamp edits")
-    for layer, fit in fits.items():
+    stand_in = fit_stand_in(weights, plan, rows_patched=True, progress=progress)
+    for layer, fit in stand_in.fits.items():
         name = f"blk.{layer}.post_ffw_norm.weight"
         tensor = tensors.get(name)
         if tensor is None:
@@ -222,13 +217,9 @@ def _post_norm_stand_in(weights: GGUFWeights, plan: Plan, tensors: dict, replace
         if tensor.tensor_type != GGMLQuantizationType.F32:
             raise SteerkitError(f"{weights.path}: {name} is {tensor.tensor_type.name}, expected F32 (a norm weight)")
         replaced[name] = np.asarray(tensor.data, dtype=np.float32) * np.float32(fit.gain)
-    vector = ControlVector({layer: fit.offset for layer, fit in fits.items()}, weights.info.arch.name, [])
-    prompts = builtin_prompts("neutral")
-    kl, top1, moved = divergence(model, tokenizer, prompts, plan, fits, progress)
-    return vector, (f"APPROXIMATION: {weights.info.arch.name} normalises the FFN output and llama.cpp loads no FFN bias here, so "
-            f"the clamp/add edits of layers {sorted(fits)} are replaced by a fitted stand-in: post-FFN norm gains "
-            f"scaled by {', '.join(f'{f.gain:.3f}' for f in fits.values())} in this file, plus offsets in the control "
-            f"vector {cvec_name} (run llama.cpp with --control-vector {cvec_name}; without it this file is "
-            f"wrong). Measured against the exact edit in transformers on steerkit's {len(prompts)} neutral prompts: "
-            f"mean KL per position {kl:.4f}, top-1 agreement {100 * top1:.1f} %, where the exact edit itself moves "
-            f"the model by KL {moved:.3f}.")
+    vector = ControlVector({layer: fit.offset for layer, fit in stand_in.fits.items()}, weights.info.arch.name, [])
+    return vector, (f"APPROXIMATION: {weights.info.arch.name} normalises the FFN output and llama.cpp loads no FFN bias "
+                    f"here, so the clamp/add edits of layers {sorted(stand_in.fits)} are replaced by a fitted stand-in: "
+                    f"post-FFN norm gains scaled by {', '.join(f'{f.gain:.3f}' for f in stand_in.fits.values())} in this "
+                    f"file, plus offsets in the control vector {cvec_name} (run llama.cpp with --control-vector "
+                    f"{cvec_name}; without it this file is wrong). {stand_in.measured()}")
