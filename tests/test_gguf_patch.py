@@ -280,3 +280,14 @@ def test_gemma_export_cvec_writes_fitted_offsets(tmp_path, monkeypatch):
     expected = fit_post_norm(model, tokenizer(reference_text()).input_ids, plan, fit_gain=False, rows_patched=False)
     np.testing.assert_allclose(vector.directions[1], expected[1].offset, rtol=1e-5, atol=1e-6)
     assert any("offsets fitted" in note and "mean KL per position" in note for note in vector.left_out)
+
+
+def test_gemma_approximate_refuses_layer_zero_before_loading_the_model(tmp_path, monkeypatch):
+    import runtimes.hf
+
+    source = save_gguf(tiny_model("gemma3_text"), tmp_path / "g.gguf")
+    monkeypatch.setattr(runtimes.hf, "load_model", lambda name: pytest.fail("loaded the model for a doomed fit"))
+    with pytest.raises(SteerkitError, match="cannot act on layer 0"):
+        patch_gguf(source, [Profile("c", binding_of(source), [Edit(0, 2, "clamp", 3.0)])], tmp_path / "o.gguf",
+                   progress=False, approximate=True)
+    assert not (tmp_path / "o.gguf").exists() and not (tmp_path / "o.cvec.gguf").exists()

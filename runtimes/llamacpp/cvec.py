@@ -26,7 +26,7 @@ from steerkit.gguf_file import GGUFFile
 from steerkit.plan import Plan
 from steerkit.weights import WeightReader
 
-__all__ = ["ControlVector", "control_vector", "export_control_vector", "write_control_vector", "read_control_vector"]
+__all__ = ["ControlVector", "check_cvec_layer", "control_vector", "export_control_vector", "write_control_vector", "read_control_vector"]
 
 
 @dataclass
@@ -36,6 +36,12 @@ class ControlVector:
     directions: dict[int, np.ndarray]  # layer -> [n_embd] float32
     model_hint: str
     left_out: list[str]  # human-readable notes on what is not in the vector
+
+
+def check_cvec_layer(layer: int) -> None:
+    """Raise a one-line error for layer 0, which llama.cpp's control vectors cannot reach."""
+    if layer == 0:
+        raise SteerkitError("llama.cpp control vectors cannot act on layer 0; remove or move the layer-0 add/clamp edits")
 
 
 def control_vector(plan: Plan, weights: WeightReader) -> ControlVector:
@@ -52,8 +58,7 @@ def control_vector(plan: Plan, weights: WeightReader) -> ControlVector:
             left_out.append(f"layer {layer}: {int(scaled.sum())} neurons {kinds}")
         if not adds.any():
             continue
-        if layer == 0:
-            raise SteerkitError("llama.cpp control vectors cannot act on layer 0; remove or move the layer-0 add/clamp edits")
+        check_cvec_layer(layer)
         directions[layer] = weights.down_offset(layer, edits.neurons[adds], edits.add[adds])
     if info.arch.post_ffn_norm and directions:
         left_out.append(f"{info.arch.name}: the post-FFN norm is bypassed, so offsets are approximate")

@@ -145,7 +145,7 @@ def write_patched(
     added: dict[str, np.ndarray] = {}
     row_patches: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     scaled_rows = 0
-    approximation = None
+    stand_in_needed = False  # clamp/add edits that only the fitted stand-in can carry
     for layer, edits in merged.items():
         scale = edits.mult != 1.0
         if scale.any():
@@ -159,8 +159,7 @@ def write_patched(
         if (edits.add != 0).any():
             if not arch.llama_cpp_ffn_down_bias:
                 if approximate:
-                    approximation = approximation or []
-                    approximation.append(layer)
+                    stand_in_needed = True
                     continue
                 raise SteerkitError(
                     f"{source}: clamp/add edits need a blk.N.ffn_down.bias tensor, which llama.cpp's {arch.name} graph does "
@@ -174,7 +173,7 @@ def write_patched(
             (replaced if name in tensors else added)[name] = bias
 
     cvec_path = note = stand_in = None
-    if approximation:
+    if stand_in_needed:
         cvec_path = control_vector_path(output)
         stand_in, note = _post_norm_stand_in(weights, plan, tensors, replaced, cvec_path.name, progress)
     digest = hashlib.sha256(profile_yaml.encode()).hexdigest()

@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from runtimes.hf.post_norm_fit import PostNormFit
-from steerkit.errors import SteerkitError
 from steerkit.plan import Plan
 from steerkit.weights.gguf_reader import GGUFWeights
 
@@ -41,13 +40,14 @@ class StandIn:
 def fit_stand_in(weights: GGUFWeights, plan: Plan, rows_patched: bool, progress: bool = True) -> StandIn:
     """Fit the stand-in of ``plan``'s additive edits for ``weights`` and measure it (loads the model in transformers)."""
     from runtimes.hf import load_model
-    from runtimes.hf.post_norm_fit import divergence, fit_post_norm
+    from runtimes.hf.post_norm_fit import additive_layers, divergence, fit_post_norm
+    from runtimes.llamacpp.cvec import check_cvec_layer
     from steerkit.prompts import builtin_prompts, reference_text
 
+    for layer in additive_layers(plan):  # before the model is loaded: the offsets go into a control vector
+        check_cvec_layer(layer)
     model, tokenizer = load_model(str(weights.path))
     fits = fit_post_norm(model, tokenizer(reference_text()).input_ids, plan, fit_gain=rows_patched, rows_patched=rows_patched)
-    if 0 in fits:
-        raise SteerkitError("llama.cpp control vectors cannot act on layer 0; remove or move the layer-0 add/clamp edits")
     prompts = builtin_prompts("neutral")
     kl, top1, moved = divergence(model, tokenizer, prompts, plan, fits, progress, rows_patched)
     return StandIn(fits, kl, top1, moved, len(prompts))
