@@ -114,3 +114,17 @@ def test_discover_refuses_a_model_without_mlp_tensors(tmp_path):
     result = run_cli("discover", "dog", "--model", str(tmp_path / "no-ffn.gguf"))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error:") and "ffn_up" in result.stderr, result.stderr
+
+
+def test_approximate_patch_of_a_gguf_transformers_cannot_load_is_one_line(tmp_path):
+    """--approximate fits in transformers; a GGUF it cannot load (no attention tensors here) ends in one line."""
+    from steerkit.profile import Edit, Profile, save_profile
+    from test_gguf_patch import binding_of
+
+    source = str(save_gguf(tiny_model("gemma3_text"), tmp_path / "g.gguf"))
+    profile = tmp_path / "p.yaml"
+    save_profile(Profile("p", binding_of(source), [Edit(1, 5, "clamp", 2.0)]), profile)
+    result = run_cli("patch", source, str(profile), "-o", str(tmp_path / "o.gguf"), "--approximate")
+    assert result.returncode == 1 and "transformers cannot load this GGUF" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "o.gguf").exists() and not (tmp_path / "o.cvec.gguf").exists()

@@ -29,8 +29,12 @@ def _convert_gguf(source: ModelSource, target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = {"gguf_file": source.path.name}
-    tokenizer = AutoTokenizer.from_pretrained(source.path.parent, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(source.path.parent, dtype=torch.float32, **kwargs)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.path.parent, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source.path.parent, dtype=torch.float32, **kwargs)
+    except Exception as exc:  # transformers' GGUF loader fails with anything from KeyError to ValueError
+        detail = (str(exc).splitlines() or [""])[0][:200]
+        raise SteerkitError(f"{source.path}: transformers cannot load this GGUF ({type(exc).__name__}: {detail})") from exc
     work = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:
         model.config.save_pretrained(work)
