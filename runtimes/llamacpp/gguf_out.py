@@ -8,6 +8,7 @@ bytes are ever held in memory.
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 from collections.abc import Callable
@@ -19,6 +20,9 @@ from gguf import GGMLQuantizationType, GGUFValueType
 from steerkit.gguf_file import GGUFFile
 
 __all__ = ["pack_string_kv", "pack_string_array_kv", "write_gguf_copy"]
+
+_PAGE = 4096
+_COPY_ALIGNMENT = 1 << 16  # where the destination's page-aligned copy should start (see _copy_padding)
 
 
 def _pack_string(text: str) -> bytes:
@@ -60,7 +64,7 @@ def write_gguf_copy(
     file-to-file copy; replaced tensors and patched rows are then written over
     it (only they are ever held in memory), and added tensors go after it.
     With ``padding_key``, a string entry of that name pads the header so that
-    the data section keeps the source's offset modulo 4 KiB (:func:`_page_padding`).
+    the data section lands where the kernel copies it fastest (:func:`_copy_padding`).
     """
     row_patches = row_patches or {}
     fields = [f for f in source.fields.values() if not drop_keys(f.key)]
@@ -84,7 +88,8 @@ def write_gguf_copy(
     )
     entries = [source.raw_field(field.key) for field in fields] + list(new_kv)
     if padding_key:
-        entries.append(_page_padding(padding_key, 24 + sum(map(len, entries)) + len(tensor_infos), source.data_start))
+        entries.append(_copy_padding(padding_key, 24 + sum(map(len, entries)) + len(tensor_infos), source.data_start,
+                                     alignment))
     # No O_TRUNC: on ext4, truncating a file (even the empty one atomic_write made) makes its close
     # start writeback of everything written, which doubled the patch time of the 98 MB model.
     with os.fdopen(os.open(target, os.O_WRONLY | os.O_CREAT, 0o666), "wb") as out:
@@ -95,6 +100,7 @@ def write_gguf_copy(
         out.write(b"\0" * (_pad(out.tell(), alignment) - out.tell()))
         data_start = out.tell()
         out.flush()
+        _reserve(out.fileno(), data_start + offset)
         with open(source.path, "rb") as src:
             _copy_range(src, out, source.data_start, end)
         on_bytes(end)
@@ -109,17 +115,39 @@ def write_gguf_copy(
             out.truncate()
 
 
-def _page_padding(key: str, header_size: int, source_data_start: int) -> bytes:
-    """A string entry that makes the header end where the source's data starts, modulo the 4 KiB page.
+def _copy_padding(key: str, header_size: int, source_data_start: int, alignment: int) -> bytes:
+    """A string entry that ends the header where the kernel copies the data section fastest.
 
-    The kernel then copies the data section page onto page: measured on the 98 MB model, a copy between
-    offsets that differ modulo 4 KiB is ~25 % slower.  (Both data starts are multiples of the GGUF
-    alignment, so the padded header needs no further padding.)
+    Measured on this machine's ext4 (kernel 6.18), copying the 98 MB model's data section:
+    52 ms when the source offset is page aligned and the destination offset a multiple of
+    64 KiB (as fast as ``shutil.copyfile``), 63-73 ms for other page-aligned pairs, ~125 ms
+    when the two offsets differ modulo 4 KiB.  :func:`_copy_range` writes the source's
+    first partial page by hand, so the data section starts that many bytes before a
+    64 KiB boundary.  Alignments that do not divide 4 KiB get no padding entry's help.
     """
+    head = -source_data_start % _PAGE  # bytes before the source's first page boundary
     fixed = len(_pack_string(key)) + 4 + 8  # key, value type, string length
     target = header_size + fixed
-    target += (source_data_start - target) % 4096
+    target += (-head - target) % _COPY_ALIGNMENT
+    if _PAGE % alignment:
+        target = _pad(header_size + fixed, alignment)
     return _pack_string(key) + struct.pack("<I", GGUFValueType.STRING) + _pack_string(" " * (target - header_size - fixed))
+
+
+def _reserve(fd: int, size: int) -> None:
+    """Allocate the whole output before copying into it.
+
+    On this machine's ext4 the data section copies ~20 % faster into allocated blocks
+    (42 vs 53 ms for the 98 MB model), and a full disk fails here, before any data is
+    copied.  File systems without ``fallocate`` get glibc's emulation or nothing.
+    """
+    if not hasattr(os, "posix_fallocate"):
+        return
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            raise
 
 
 def _overwrite(out, start: int, tensor, data, row_patch) -> None:
@@ -142,7 +170,12 @@ def _copy_range(src, dst, offset: int, size: int) -> None:
     reads) rather than through the memory map: mapped pages would pile up in
     the process's resident memory on a multi-GB model.
     """
+    # The part up to the source's first page boundary by hand: the kernel copies page-aligned ranges faster.
+    head = min(-offset % _PAGE, size)
     src.seek(offset)
+    dst.write(src.read(head))
+    dst.flush()
+    offset, size = offset + head, size - head
     remaining = size
     if hasattr(os, "copy_file_range"):
         try:
