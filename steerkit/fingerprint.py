@@ -2,21 +2,18 @@
 
 The atlas cache is keyed by the sha256 of the model's files.  Hashing a
 100 MB GGUF takes a fraction of a second, a multi-GB one several seconds, so
-the digest is remembered per (path, size, mtime).  Other facts that cost a
-whole-file or whole-vocabulary pass (a GGUF's vocabulary hash: decoding 49k
-token strings takes 0.05 s) are remembered the same way (:func:`cached_fact`).
+the digest is remembered per (path, size, mtime).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 from steerkit.cache import atomic_write, cache_dir
 
-__all__ = ["cached_fact", "file_sha256", "files_sha256"]
+__all__ = ["file_sha256", "files_sha256"]
 
 _INDEX_NAME = "fingerprints.json"
 
@@ -29,33 +26,21 @@ def _load_index() -> dict[str, str]:
         return {}
 
 
-def cached_fact(path: Path, name: str, compute: Callable[[], str]) -> str:
-    """``compute()``'s string for this file, remembered by path, size and mtime under ``name``."""
+def file_sha256(path: Path) -> str:
+    """sha256 hex digest of a file's contents, cached by path, size and mtime."""
     path = Path(path).resolve()
     stat = path.stat()
     key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
-    if name != "sha256":  # the sha256 entries keep their original keys, so existing caches stay valid
-        key += f"|{name}"
     index = _load_index()
-    if key in index:
-        return index[key]
-    index[key] = compute()
-    with atomic_write(cache_dir() / _INDEX_NAME) as tmp:
-        tmp.write_text(json.dumps(index, indent=0))
-    return index[key]
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 hex digest of a file's contents, cached by path, size and mtime."""
-
-    def digest_file() -> str:
+    if key not in index:
         digest = hashlib.sha256()
-        with Path(path).open("rb") as handle:
+        with path.open("rb") as handle:
             while block := handle.read(1 << 22):
                 digest.update(block)
-        return digest.hexdigest()
-
-    return cached_fact(path, "sha256", digest_file)
+        index[key] = digest.hexdigest()
+        with atomic_write(cache_dir() / _INDEX_NAME) as tmp:
+            tmp.write_text(json.dumps(index, indent=0))
+    return index[key]
 
 
 def files_sha256(paths: list[Path]) -> str:

@@ -43,7 +43,10 @@ import yaml
 from steerkit.cache import atomic_write
 from steerkit.errors import SteerkitError
 
-__all__ = ["Edit", "ModelBinding", "Profile", "load_profile", "parse_profile", "save_profile", "vocab_sha256", "OPS", "POSITIONS"]
+__all__ = [
+    "Edit", "ModelBinding", "Profile", "load_profile", "parse_profile", "save_profile", "vocab_sha256",
+    "joined_vocab_sha256", "OPS", "POSITIONS",
+]
 
 FORMAT_VERSION = 1
 MAX_PROFILE_BYTES = 1 << 20
@@ -110,8 +113,12 @@ def vocab_sha256(tokens: list[str]) -> str:
     tokens with plain spaces where the Hugging Face tokenizer shows ``▁``, and
     both copies must hash alike.
     """
-    text = "\0".join(tokens).replace(" ", "▁")
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    return joined_vocab_sha256("\0".join(tokens).encode("utf-8", "surrogatepass"))
+
+
+def joined_vocab_sha256(joined: bytes) -> str:
+    """:func:`vocab_sha256` from the tokens' UTF-8 bytes joined by NUL bytes (a GGUF's array, undecoded)."""
+    return hashlib.sha256(joined.replace(b" ", "▁".encode())).hexdigest()  # a space byte is never part of another character
 
 
 class _LineLoader(yaml.SafeLoader):

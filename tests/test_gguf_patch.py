@@ -16,7 +16,7 @@ from steerkit.errors import SteerkitError
 from steerkit.gguf_file import GGUFFile
 from steerkit.profile import Edit, ModelBinding, Profile, vocab_sha256
 from steerkit.weights import open_weights
-from tiny_models import save_gguf, tiny_model
+from tiny_models import save_gguf, tiny_model, tiny_tokens
 
 ROWS, COLS = 6, 512
 FLOATS = {Q.F32: np.float32, Q.F16: np.float16}
@@ -107,7 +107,9 @@ def test_patch_changes_only_what_it_must(q8_model, tmp_path):
     np.testing.assert_allclose(new["blk.2.ffn_down.bias"].data, 1.5 * open_weights(str(source)).down_cols(2)[7], rtol=1e-6)
     for key, field in original.fields.items():  # metadata kept as is
         assert patched.raw_field(key) == original.raw_field(key)
-    assert patched.data_start % 4096 == original.data_start % 4096  # the copy goes page onto page
+    # The copy goes page onto page, and its page-aligned part starts on a 64 KiB boundary of the output.
+    assert patched.data_start % 4096 == original.data_start % 4096
+    assert (patched.data_start + -original.data_start % 4096) % 65536 == 0
     embedded = embedded_profile(open_weights(str(tmp_path / "out.gguf")))
     assert embedded["names"] == ["mix"] and "op: clamp" in embedded["yaml"] and embedded["sha256"] == report.profile_sha256
     assert len(GGUFReader(tmp_path / "out.gguf").tensors) == len(original.tensors) + 2  # gguf-py reads it too
@@ -125,22 +127,22 @@ def test_copy_over_a_longer_file_leaves_no_tail(q8_model, tmp_path):
     assert reused.read_bytes() == fresh.read_bytes() == source.read_bytes()
 
 
-def test_vocabulary_digest_is_cached_per_file(q8_model):
-    """The GGUF reader remembers its vocabulary hash by path, size and mtime, and notices a changed file."""
-    import os
-
-    from steerkit.weights.base import WeightReader
-
-    _, source = q8_model
+@pytest.mark.parametrize("case", ["plain", "spaces", "invalid utf-8", "fewer than the vocabulary"])
+def test_vocabulary_digest_from_stored_bytes(tmp_path, case):
+    """The GGUF reader hashes its token array undecoded where it can; the digest is always vocab_sha256 of tokens()."""
+    tokens = [t.encode() for t in tiny_tokens()]
+    if case == "spaces":
+        tokens[10:12] = [b" the", "a \u2581b \u00e9".encode()]
+    elif case == "invalid utf-8":
+        tokens[10] = b"\xff\xfe"
+    elif case == "fewer than the vocabulary":
+        tokens = tokens[:-5]
+    source = save_gguf(tiny_model("llama", hidden_size=64, intermediate_size=96), tmp_path / "m.gguf", tokens=tokens)
+    expected = vocab_sha256(open_weights(str(source)).tokens())
     reader = open_weights(str(source))
-    digest = reader.vocab_digest()
-    assert digest == vocab_sha256(reader.tokens()) == WeightReader.vocab_digest(reader)
-    assert open_weights(str(source)).vocab_digest() == digest  # from the cache
-    stat = source.stat()
-    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    changed = open_weights(str(source))
-    changed._token_strings = ["other"] * changed.info.vocab_size  # what a rewritten vocabulary would decode to
-    assert changed.vocab_digest() != digest
+    if case in ("plain", "spaces"):  # the fast path must not decode
+        reader.tokens = lambda: pytest.fail("decoded the tokens")
+    assert reader.vocab_digest() == expected
 
 
 def values_of(tensor) -> np.ndarray:
@@ -259,6 +261,25 @@ def test_disk_full_leaves_no_partial_output(q8_model, tmp_path, monkeypatch):
     with pytest.raises(SteerkitError, match="cannot write .*No space left on device"):
         patch_gguf(source, [good], out_dir / "o.gguf", progress=False)
     assert list(out_dir.iterdir()) == []
+
+
+def test_full_disk_is_found_before_the_copy(q8_model, tmp_path, monkeypatch):
+    """The output is allocated before the data is copied: a full disk fails there, one line, no file left."""
+    import errno
+
+    from runtimes.llamacpp import gguf_out
+
+    _, source = q8_model
+
+    def full(fd, offset, size):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(gguf_out.os, "posix_fallocate", full)
+    monkeypatch.setattr(gguf_out, "_copy_range", lambda *args: pytest.fail("copied data onto a full disk"))
+    with pytest.raises(SteerkitError, match="cannot write .*No space left on device"):
+        patch_gguf(source, [Profile("p", binding_of(source), [Edit(1, 5, "scale", 2.0)])], tmp_path / "o.gguf",
+                   progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["q8.gguf"]
 
 
 def test_gemma_export_cvec_writes_fitted_offsets(tmp_path, monkeypatch):
