@@ -98,7 +98,9 @@ class GGUFWeights(WeightReader):
             return np.array(data[:, neurons].T, dtype=np.float32)
         blocks = np.unique(neurons // block_size)
         byte_columns = (blocks[:, None] * type_size + np.arange(type_size)).reshape(-1)
-        values = np.asarray(dequantize(np.ascontiguousarray(data[:, byte_columns]), tensor.tensor_type), dtype=np.float32)
+        gathered = np.ascontiguousarray(data[:, byte_columns])
+        # Blocks dequantize independently: as one long row, gguf-py does it in one call instead of one per row group (5x).
+        values = np.asarray(dequantize(gathered.reshape(1, -1), tensor.tensor_type), dtype=np.float32).reshape(len(data), -1)
         self.file.release(tensor)  # the gather touched a page in every row
         where = np.searchsorted(blocks, neurons // block_size) * block_size + neurons % block_size
         return np.ascontiguousarray(values[:, where].T)
