@@ -263,6 +263,23 @@ def test_disk_full_leaves_no_partial_output(q8_model, tmp_path, monkeypatch):
     assert list(out_dir.iterdir()) == []
 
 
+@pytest.mark.parametrize("alignment", [64, 8192])
+def test_other_alignments(tmp_path, alignment):
+    """general.alignment other than 32, including one the page-placement padding cannot serve (8 KiB)."""
+    source = save_gguf(tiny_model("llama", hidden_size=64, intermediate_size=96), tmp_path / "m.gguf", ffn_type=Q.Q8_0,
+                       alignment=alignment)
+    patch_gguf(source, [Profile("p", binding_of(source), [Edit(1, 5, "scale", 2.0), Edit(1, 7, "clamp", 1.0)])],
+               tmp_path / "o.gguf", progress=False)
+    original, patched = GGUFFile(source), GGUFFile(tmp_path / "o.gguf")
+    assert patched.alignment == alignment and patched.data_start % alignment == 0
+    if 4096 % alignment == 0:
+        assert (patched.data_start + -original.data_start % 4096) % 65536 == 0
+    assert all(t.offset % alignment == 0 for t in patched.tensors)
+    kept = {t.name: t for t in patched.tensors}
+    assert all(np.array_equal(t.data, kept[t.name].data) for t in original.tensors if t.name != "blk.1.ffn_up.weight")
+    assert len(GGUFReader(tmp_path / "o.gguf").tensors) == len(original.tensors) + 1
+
+
 def test_full_disk_is_found_before_the_copy(q8_model, tmp_path, monkeypatch):
     """The output is allocated before the data is copied: a full disk fails there, one line, no file left."""
     import errno

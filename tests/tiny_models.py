@@ -68,16 +68,19 @@ def save_hf(model, folder: Path) -> Path:
     return folder
 
 
-def save_gguf(model, path: Path, tokens: list[str] | None = None, ffn_type=None) -> Path:
+def save_gguf(model, path: Path, tokens: list[str] | None = None, ffn_type=None, alignment: int | None = None) -> Path:
     """Write the MLP (with Gemma's post-FFN norm), final norm and embeddings of ``model`` as llama.cpp's converter would.
 
-    Tensors are F32, or ``ffn_type`` (a type gguf-py can quantize) for the FFN matrices.
+    Tensors are F32, or ``ffn_type`` (a type gguf-py can quantize) for the FFN matrices; ``alignment``
+    sets ``general.alignment`` (default 32).
     """
     config = model.config
     arch = ARCHS[config.model_type][1]
     gemma = config.model_type.startswith("gemma")
     state = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
     writer = GGUFWriter(str(path), arch)
+    if alignment is not None:
+        writer.add_custom_alignment(alignment)
     writer.add_block_count(config.num_hidden_layers)
     writer.add_embedding_length(config.hidden_size)
     writer.add_feed_forward_length(config.intermediate_size)
