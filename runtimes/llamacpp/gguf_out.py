@@ -125,12 +125,13 @@ def _copy_padding(key: str, header_size: int, source_data_start: int, alignment:
     first partial page by hand, so the data section starts that many bytes before a
     64 KiB boundary.  Alignments that do not divide 4 KiB get no padding entry's help.
     """
-    head = -source_data_start % _PAGE  # bytes before the source's first page boundary
     fixed = len(_pack_string(key)) + 4 + 8  # key, value type, string length
-    target = header_size + fixed
-    target += (-head - target) % _COPY_ALIGNMENT
-    if _PAGE % alignment:
+    if _PAGE % alignment:  # the data start must stay a multiple of the alignment: no placement
         target = _pad(header_size + fixed, alignment)
+    else:
+        head = -source_data_start % _PAGE  # bytes before the source's first page boundary
+        target = header_size + fixed
+        target += (-head - target) % _COPY_ALIGNMENT
     return _pack_string(key) + struct.pack("<I", GGUFValueType.STRING) + _pack_string(" " * (target - header_size - fixed))
 
 
