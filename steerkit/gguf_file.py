@@ -90,26 +90,14 @@ class _LazyStrings:
     data: Any
     start: int
     count: int
-    offsets: np.ndarray | None = None  # each string's start and the last one's end, where already known
-
-    def bounds(self) -> list[int]:
-        """Each string's start (its length field) and the end of the last one."""
-        if self.offsets is None:
-            data, pos, unpack = self.data, self.start, _U64.unpack_from
-            starts = []
-            for _ in range(self.count):
-                starts.append(pos)
-                pos += 8 + unpack(data, pos)[0]
-            self.offsets = np.array(starts + [pos], dtype=np.int64)
-        return self.offsets.tolist()
+    offsets: np.ndarray  # each string's start (its length field), then the end of the last one
 
     def decode(self) -> list[str]:
-        bounds, data = self.bounds(), self.data
+        bounds, data = self.offsets.tolist(), self.data
         return [data[a + 8 : b].decode("utf-8", errors="replace") for a, b in zip(bounds, bounds[1:])]
 
     def joined(self) -> bytes:
         """The strings' bytes as stored, each after the first preceded by one NUL byte."""
-        self.bounds()
         starts, end = self.offsets[:-1], int(self.offsets[-1])
         region = np.frombuffer(self.data, dtype=np.uint8, count=end - self.start, offset=self.start)
         keep = np.ones(len(region), dtype=bool)
@@ -133,12 +121,12 @@ class GGUFField:
     end: int
     _value: Any
     sub_type: GGUFValueType | None = None
-    _strings: _LazyStrings | None = None  # a string array not decoded yet
+    _strings: _LazyStrings | None = None  # a string array's place in the file (its value is decoded on first use)
 
     @property
     def value(self) -> Any:
-        if self._strings is not None:
-            self._value, self._strings = self._strings.decode(), None
+        if self._value is None and self._strings is not None:
+            self._value = self._strings.decode()
         self._value = _plain(self._value)
         return self._value
 
@@ -149,11 +137,9 @@ class GGUFField:
 
     def joined_strings(self) -> bytes:
         """A string array's UTF-8 bytes as stored, joined by NUL bytes, without decoding each string."""
-        if self._strings is not None:
-            return self._strings.joined()
-        if self.sub_type != GGUFValueType.STRING:
+        if self._strings is None:
             raise ValueError(f"{self.key} is not a string array")
-        return b"\0".join(text.encode("utf-8", "surrogatepass") for text in self._value)
+        return self._strings.joined()
 
 
 @dataclass
@@ -218,16 +204,21 @@ class GGUFFile:
         self.pos += length
         return text
 
-    def _skip_strings(self, count: int) -> None:
+    def _walk_strings(self, count: int) -> np.ndarray:
+        """Walk ``count`` length-prefixed strings from ``pos``: their starts, then the end of the last one."""
         data, pos, end = self._bytes, self.pos, len(self._bytes)
         unpack = _U64.unpack_from
+        offsets = []
         for _ in range(count):
             if pos + 8 > end:
                 raise _Truncated
+            offsets.append(pos)
             pos += 8 + unpack(data, pos)[0]
         if pos > end:
             raise _Truncated
         self.pos = pos
+        offsets.append(pos)
+        return np.array(offsets, dtype=np.int64)
 
     def _value(self, value_type: GGUFValueType) -> tuple[Any, GGUFValueType | None]:
         if value_type == GGUFValueType.STRING:
@@ -248,9 +239,8 @@ class GGUFFile:
                 start = self.pos
                 offsets = _string_offsets(self.buffer, start, count) if count >= _VECTOR_WALK else None
                 if offsets is None:
-                    self._skip_strings(count)
-                else:
-                    self.pos = int(offsets[-1])
+                    offsets = self._walk_strings(count)
+                self.pos = int(offsets[-1])
                 return _LazyStrings(self._bytes, start, count, offsets), item_type
             return [_plain(self._value(item_type)[0]) for _ in range(count)], item_type
         return self._read(_SCALARS[value_type]), None

@@ -79,8 +79,8 @@ def test_strings_of_16_mib_and_more_are_left_to_the_walk():
 def test_odd_vocabularies_read_like_gguf_py(tmp_path, monkeypatch, odd, walk):
     """Empty tokens and tokens starting with NUL are walked; a long token is not; both read like gguf-py's."""
     walked = []
-    real_skip = GGUFFile._skip_strings
-    monkeypatch.setattr(GGUFFile, "_skip_strings", lambda self, count: walked.append(count) or real_skip(self, count))
+    real_walk = GGUFFile._walk_strings
+    monkeypatch.setattr(GGUFFile, "_walk_strings", lambda self, count: walked.append(count) or real_walk(self, count))
     model = tiny_model("llama", hidden_size=64, intermediate_size=96, vocab_size=3000)
     tokens = [f"w{i}" for i in range(3000)]
     save_gguf(model, tmp_path / "plain.gguf", tokens=tokens)
