@@ -16,11 +16,11 @@ import time
 
 import torch
 
-from runtimes.hf import attach, bake, load_model, model_binding
-from runtimes.hf.generate import build_inputs
+from steerkit.runtimes.hf import attach, bake, load_model, model_binding
+from steerkit.runtimes.hf.generate import build_inputs
 from steerkit.plan import compile_plan
 from steerkit.profile import load_profile
-from steerkit.session import shipped_profile
+from steerkit.shipped import shipped_profile
 
 
 def tokens_per_second(model, inputs, tokens: int) -> float:

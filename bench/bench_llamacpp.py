@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from runtimes.llamacpp import patch_gguf
-from runtimes.llamacpp.model import LlamaCppModel
+from steerkit.runtimes.llamacpp import patch_gguf
+from steerkit.runtimes.llamacpp.model import LlamaCppModel
 from steerkit.profile import load_profile
-from steerkit.session import shipped_profile
+from steerkit.shipped import shipped_profile
 from steerkit.sources import resolve_model
 
 
@@ -93,7 +93,7 @@ def write_big_model(path: Path, gigabytes: float) -> None:
 
 _CHILD = """
 import re, sys, time
-from runtimes.llamacpp import patch_gguf, gguf_binding
+from steerkit.runtimes.llamacpp import patch_gguf, gguf_binding
 from steerkit.profile import Edit, Profile
 from steerkit.weights.gguf_reader import GGUFWeights
 source, out = sys.argv[1], sys.argv[2]

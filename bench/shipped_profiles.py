@@ -21,11 +21,11 @@ from pathlib import Path
 
 import torch
 
-from runtimes.hf import load_model
-from runtimes.hf.measure import HFEvaluator
+from steerkit.runtimes.hf import load_model
+from steerkit.runtimes.hf.backend import HFBackend
 from steerkit.atlas import atlas_for
 from steerkit.cache import atomic_write
-from steerkit.discover import Budget, discover
+from steerkit.discovery import Budget, discover
 from steerkit.evaluate import evaluate, write_report
 from steerkit.profile import save_profile
 from steerkit.prompts import read_prompts
@@ -53,7 +53,7 @@ def main() -> None:
     reader = open_weights(None)
     atlas = atlas_for(reader)
     model, tokenizer = load_model(None)
-    evaluator = HFEvaluator(model, tokenizer)
+    evaluator = HFBackend(model, tokenizer)
     (PROFILES / "eval").mkdir(exist_ok=True)
     summary_path = PROFILES / "eval" / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}

@@ -1,18 +1,9 @@
-"""Runtime adapters: one per inference runtime, behind one small interface.
+"""Runtimes: one :class:`~steerkit.runtimes.base.Backend` per inference runtime, behind one registry.
 
-A runtime takes a compiled :class:`steerkit.plan.Plan` and applies it to a
-target it understands (a transformers model, a GGUF file...).  The contract,
-checked by one shared test over every registered runtime:
-
-* ``attach(target, plan)`` applies the plan and returns a :class:`Handle`;
-  ``handle.remove()`` restores the target exactly (outputs byte-identical to
-  the untouched model).
-* A runtime refuses, before touching anything, an edit it cannot express
-  exactly (raising :class:`steerkit.SteerkitError`).
-
-Runtimes register themselves by name in :data:`RUNTIMES`.
+``steerkit.runtimes.hf`` (transformers) and ``steerkit.runtimes.llamacpp`` (llama.cpp) each hold a
+backend and the pieces it is made of.  Everything else takes a backend from :func:`load_backend`.
 """
 
-from runtimes.base import RUNTIMES, Handle, Runtime, get_runtime, register
+from steerkit.runtimes.base import BACKENDS, Backend, Handle, backend_class, choose_backend, load_backend, register
 
-__all__ = ["Handle", "Runtime", "RUNTIMES", "get_runtime", "register"]
+__all__ = ["Backend", "Handle", "BACKENDS", "backend_class", "choose_backend", "load_backend", "register"]

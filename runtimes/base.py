@@ -1,58 +1,191 @@
-"""The runtime interface and registry."""
+"""The backend interface and the registry every command goes through.
+
+A backend is one inference runtime holding one loaded model.  It can
+
+* report the model's :class:`~steerkit.profile.ModelBinding` (profiles are checked against it);
+* :meth:`Backend.apply` a compiled :class:`~steerkit.plan.Plan` and hand back a :class:`Handle`
+  whose ``remove()`` restores the model exactly;
+* :meth:`Backend.generate` answers for a batch of prompts under one plan per row, each plan's
+  ``positions`` (all, prompt, generated) honoured;
+* :meth:`Backend.nll` score answers under the unsteered model.
+
+Sessions, discovery, evaluation and the CLI take a backend from :func:`load_backend`; nothing
+outside this registry branches on runtime names.  Adding a runtime is one folder with a
+:class:`Backend` subclass and one line in :data:`BACKENDS`.
+"""
 
 from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Protocol
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 from steerkit.errors import SteerkitError
 from steerkit.plan import Plan
+from steerkit.profile import ModelBinding
+from steerkit.sampling import GREEDY, Sampling
+from steerkit.sources import ModelSource
 
-__all__ = ["Handle", "Runtime", "Evaluator", "RUNTIMES", "register", "get_runtime"]
+__all__ = ["Backend", "Handle", "BACKENDS", "register", "backend_class", "load_backend", "choose_backend"]
+
+Prompt = Any  # a user message (str) or a chat history (list of {"role", "content"})
 
 
-class Handle(Protocol):
-    """What applying a plan returns: the way back."""
+class Handle:
+    """What :meth:`Backend.apply` returns: the way back (also a context manager)."""
+
+    def __init__(self, undo: Callable[[], None]) -> None:
+        self._undo: Callable[[], None] | None = undo
 
     def remove(self) -> None:
-        """Undo the plan; the target behaves exactly as before ``attach``."""
+        """Undo the plan; the model computes exactly as before.  Idempotent."""
+        if self._undo is not None:
+            undo, self._undo = self._undo, None
+            undo()
+
+    def __enter__(self) -> Handle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
 
 
-class Runtime(ABC):
-    """One inference runtime."""
+class Backend(ABC):
+    """One runtime with one loaded model (see the module doc)."""
 
     name: ClassVar[str]
+    #: Whether per-row plans share one batched generation (fast sweeps) or run one after another.
+    batches_rows: ClassVar[bool] = False
+    #: Whether :meth:`activation_scale` is available (discovery needs it).
+    measures_activations: ClassVar[bool] = False
+
+    binding: ModelBinding
+    label: str  # the model, for messages
+
+    def __init__(self) -> None:
+        self._applied: Plan | None = None
+
+    # --- choosing and loading -------------------------------------------------------------
+    @classmethod
+    @abstractmethod
+    def accepts(cls, source: ModelSource, device: str) -> str | None:
+        """``None`` if this backend can run ``source`` on ``device``, else the reason it cannot."""
+
+    @classmethod
+    @abstractmethod
+    def load(cls, source: ModelSource, device: str = "cpu", dtype: str = "float32") -> Backend:
+        """Load the model (callers go through :func:`load_backend`)."""
+
+    # --- steering ---------------------------------------------------------------------------
+    @abstractmethod
+    def check(self, plan: Plan) -> None:
+        """Raise :class:`SteerkitError` for an edit this backend cannot run exactly; change nothing."""
+
+    def apply(self, plan: Plan) -> Handle:
+        """Steer every later call by ``plan`` until the handle's ``remove()``.
+
+        Refused (before anything changes) when the backend cannot express the
+        plan, or while another plan is applied.
+        """
+        if self._applied is not None:
+            raise SteerkitError("a plan is already applied to this model; remove it first")
+        self.check(plan)
+        self._applied = plan
+
+        def undo() -> None:
+            self._applied = None
+
+        return Handle(undo)
+
+    @property
+    def applied(self) -> Plan | None:
+        """The plan :meth:`apply` set, if any."""
+        return self._applied
+
+    # --- answers and scores -----------------------------------------------------------------
+    def generate(self, prompts: list[Prompt], plans: list[Plan | None] | None = None, max_new_tokens: int = 60,
+                 sampling: Sampling = GREEDY, on_text: Callable[[str], None] | None = None) -> list[list[str]]:
+        """Answers ``[plan][prompt]`` to chat ``prompts`` under each plan (``None``: unsteered).
+
+        ``plans`` left out means one row under the applied plan (or none).
+        ``on_text`` streams the text when there is a single answer.
+        """
+        if plans is None:
+            plans = [self._applied]
+        elif self._applied is not None:
+            raise SteerkitError("explicit per-row plans while a plan is applied: remove the applied plan first")
+        for plan in plans:
+            if plan is not None:
+                self.check(plan)
+        return self._generate(prompts, plans, max_new_tokens, sampling, on_text)
 
     @abstractmethod
-    def attach(self, target: Any, plan: Plan) -> Handle:
-        """Apply ``plan`` to ``target``; refuse (before any change) what cannot be done exactly."""
+    def _generate(self, prompts: list[Prompt], plans: list[Plan | None], max_new_tokens: int, sampling: Sampling,
+                  on_text: Callable[[str], None] | None) -> list[list[str]]:
+        """:meth:`generate` after the checks."""
 
-
-class Evaluator(Protocol):
-    """What discovery and evaluation need from a runtime: steered answers and how fluent they are."""
-
-    binding: Any  # steerkit.profile.ModelBinding of the loaded model
-
-    def generate(self, prompts: list[str], plans: list[Plan | None], max_new_tokens: int) -> list[list[str]]:
-        """Greedy answers ``[plan][prompt]`` to chat ``prompts`` under each plan (``None``: unsteered)."""
-
-    def nll(self, prompts: list[str], answers: list[str]) -> list[float]:
+    @abstractmethod
+    def nll(self, prompts: list[Prompt], answers: list[str]) -> list[float]:
         """Mean NLL (nats/token) of each answer after its first token, given its prompt, under the *unsteered* model."""
 
+    @abstractmethod
+    def count_tokens(self, prompt: Prompt, answer: str) -> tuple[int, int]:
+        """Tokens in ``prompt`` (chat template applied) and in ``answer``: what an API reports as usage."""
 
-# name -> "module:Class"; imported on first use so the core never pulls in torch hooks or llama.cpp.
-RUNTIMES: dict[str, str] = {"hf": "runtimes.hf:HFRuntime", "llama.cpp": "runtimes.llamacpp:LlamaCppRuntime"}
+    def activation_scale(self, text: str):
+        """Per-neuron ``max |h|`` over ``text``, ``[n_layers, d_ff]`` (backends with ``measures_activations``)."""
+        raise SteerkitError(f"the {self.name} backend cannot measure neuron activations")
+
+
+# name -> "module:Class", in order of preference when choosing automatically (fastest first).
+# Imported on first use, so the core never pulls in torch or llama.cpp.
+BACKENDS: dict[str, str] = {
+    "llama.cpp": "steerkit.runtimes.llamacpp.backend:LlamaCppBackend",
+    "hf": "steerkit.runtimes.hf.backend:HFBackend",
+}
 
 
 def register(name: str, target: str) -> None:
-    """Register a runtime class under ``name`` (``target`` is ``"module:Class"``)."""
-    RUNTIMES[name] = target
+    """Register a backend class under ``name`` (``target`` is ``"module:Class"``)."""
+    BACKENDS[name] = target
 
 
-def get_runtime(name: str) -> Runtime:
-    """Instantiate the runtime registered as ``name``."""
-    if name not in RUNTIMES:
-        raise SteerkitError(f"unknown runtime {name!r} (available: {', '.join(sorted(RUNTIMES))})")
-    module_name, _, class_name = RUNTIMES[name].partition(":")
-    return getattr(importlib.import_module(module_name), class_name)()
+def backend_class(name: str) -> type[Backend]:
+    """The backend class registered as ``name``."""
+    if name not in BACKENDS:
+        raise SteerkitError(f"unknown runtime {name!r} (available: {', '.join(BACKENDS)})")
+    module_name, _, class_name = BACKENDS[name].partition(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def choose_backend(source: ModelSource, runtime: str | None = None, device: str = "cpu",
+                   needs: tuple[str, ...] = ()) -> type[Backend]:
+    """The backend to run ``source``: ``runtime`` if named, else the first registered one that can.
+
+    ``needs`` names class capabilities the caller requires (``batches_rows``,
+    ``measures_activations``); automatic choice skips backends without them.
+    """
+    names = [runtime] if runtime not in (None, "auto") else list(BACKENDS)
+    reasons = []
+    for name in names:
+        cls = backend_class(name)
+        reason = cls.accepts(source, device)
+        missing = [need for need in needs if not getattr(cls, need)]
+        if reason is None and not missing:
+            return cls
+        reasons.append(f"{name}: {reason or 'cannot ' + ', '.join(missing).replace('_', ' ')}")
+    raise SteerkitError(f"model {source.name} on {device}: no runtime can run it ({'; '.join(reasons)})")
+
+
+def load_backend(model: str | ModelSource | None = None, runtime: str | None = None, device: str = "cpu",
+                 dtype: str = "float32", needs: tuple[str, ...] = ()) -> Backend:
+    """Load ``model`` in the named ``runtime``, or in the fastest one that can run it (``None``/``"auto"``).
+
+    >>> backend = load_backend("smollm2-135m")            # llama.cpp for a GGUF on the CPU   # doctest: +SKIP
+    >>> backend.generate(["Hi!"], [plan])                  # doctest: +SKIP
+    """
+    from steerkit.sources import resolve_model
+
+    source = model if isinstance(model, ModelSource) else resolve_model(model)
+    return choose_backend(source, runtime, device, needs).load(source, device, dtype)

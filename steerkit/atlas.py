@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import steerkit
+from steerkit.version import __version__
 from steerkit.cache import atomic_write, cache_dir
 from steerkit.decode import SIDES, VIEWS, rms_normalize
 from steerkit.errors import SteerkitError
@@ -211,7 +211,7 @@ def build_atlas(reader: WeightReader, top_k: int = 10, progress: bool = True) ->
         "vocab_size": info.vocab_size,
         "top_k": top_k,
         "views": [v.label for v in VIEWS],
-        "steerkit": steerkit.__version__,
+        "steerkit": __version__,
     }
     return Atlas(meta, reader.tokens(), token_ids, probs, lse)
 

@@ -69,6 +69,7 @@ input{{font-size:14px;padding:4px;margin-right:1em}} .p{{color:#888;font-size:11
 <h2>Neurons</h2>
 <p><label>token contains <input id="q" placeholder="e.g. dog" autofocus></label>
 <label>layer <input id="layer" size="4" placeholder="all"></label>
+<label>neuron <input id="neuron" size="5" placeholder="all"></label>
 <label><input type="checkbox" id="exact"> whole token only</label> <span id="count"></span></p>
 <table><thead><tr><th>neuron</th>{view_headers}</tr></thead><tbody id="rows"></tbody></table>
 <script>
@@ -81,10 +82,12 @@ function render(){{
   const q = document.getElementById('q').value.trim().toLowerCase();
   const exact = document.getElementById('exact').checked;
   const lf = document.getElementById('layer').value.trim();
+  const nf = document.getElementById('neuron').value.trim();
   const hit = t => exact ? t.trim().toLowerCase() === q : t.toLowerCase().includes(q);
   let out = [], n = 0;
   for (const [layer, neuron, views] of DATA) {{
     if (lf !== '' && String(layer) !== lf) continue;
+    if (nf !== '' && String(neuron) !== nf) continue;
     if (q && !views.some(v => v[0].some(i => hit(VOCAB[i])))) continue;
     n++;
     if (out.length >= 300) continue;
@@ -94,7 +97,10 @@ function render(){{
   rows.innerHTML = out.join('');
   document.getElementById('count').textContent = n + ' neurons' + (n > 300 ? ' (first 300 shown)' : '');
 }}
-for (const id of ['q','layer','exact']) document.getElementById(id).addEventListener('input', render);
+for (const id of ['q','layer','neuron','exact']) document.getElementById(id).addEventListener('input', render);
+// A link to PAGE#LAYER:NEURON opens on that neuron.
+const target = /^#([0-9]+):([0-9]+)$/.exec(location.hash);
+if (target) {{ document.getElementById('layer').value = target[1]; document.getElementById('neuron').value = target[2]; }}
 render();
 </script></body></html>
 """

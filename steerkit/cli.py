@@ -12,7 +12,9 @@ from typing import Optional
 
 import typer
 
-from steerkit.errors import SteerkitError
+from steerkit.errors import SteerkitError, UnsupportedEdit
+from steerkit.sampling import CHAT, Sampling, check_max_tokens
+from steerkit.text import printable
 
 app = typer.Typer(
     add_completion=False,
@@ -26,8 +28,9 @@ ModelOption = typer.Option(None, "--model", "-m", help="smollm2-135m (default), 
 
 def _parse_neuron(address: str) -> tuple[int, int]:
     layer, sep, neuron = address.partition(":")
-    if not sep or not layer.strip().lstrip("-").isdigit() or not neuron.strip().lstrip("-").isdigit():
-        raise SteerkitError(f"neuron {address!r}: expected LAYER:INDEX, e.g. 29:808")
+    parts = (layer.strip().lstrip("-"), neuron.strip().lstrip("-"))
+    if not sep or not all(p.isascii() and p.isdigit() and len(p) <= 9 for p in parts):
+        raise SteerkitError(f"neuron {printable(address[:40])!r}: expected LAYER:INDEX, e.g. 29:808")
     return int(layer), int(neuron)
 
 
@@ -125,6 +128,31 @@ def compare_command(model_a: str, model_b: str) -> None:
 
 
 ProfileOption = typer.Option([], "--profile", "-p", help="A profile file or the name of a shipped profile; repeat to combine.")
+RuntimeOption = typer.Option("auto", "--runtime", "-r",
+                             help="auto (llama.cpp for a GGUF on the CPU, else transformers), hf or llama.cpp.")
+DeviceOption = typer.Option("cpu", "--device", help="cpu or cuda (cuda runs on transformers).")
+DtypeOption = typer.Option("float32", "--dtype", help="Weights dtype for transformers: float32, bfloat16, float16.")
+GreedyOption = typer.Option(False, "--greedy", help="Greedy decoding, no repetition penalty (for tests and measurements).")
+TemperatureOption = typer.Option(None, "--temperature", "-t", help=f"Sampling temperature (default {CHAT.temperature}; 0 = greedy).")
+SeedOption = typer.Option(None, "--seed", help=f"Sampling seed (default {CHAT.seed}).")
+PenaltyOption = typer.Option(None, "--repetition-penalty", help=f"Penalty on tokens already in the answer (default {CHAT.repetition_penalty}).")
+
+
+def _sampling(greedy: bool, temperature: Optional[float], seed: Optional[int], penalty: Optional[float]) -> Sampling:
+    """Chat-app decoding by default; ``--greedy`` (or ``-t 0``) for reproducible measurements."""
+    if greedy:
+        return Sampling(repetition_penalty=penalty if penalty is not None else 1.0)
+    return Sampling(temperature=CHAT.temperature if temperature is None else temperature, top_p=CHAT.top_p,
+                    repetition_penalty=CHAT.repetition_penalty if penalty is None else penalty,
+                    seed=CHAT.seed if seed is None else seed)
+
+
+def _open_session(model, profiles, strength, runtime, device, dtype):
+    from steerkit.session import open_session
+
+    session = open_session(model, profiles, strength, runtime, device, dtype)
+    typer.echo(f"runtime: {session.backend.name} ({printable(session.backend.label)})", err=True)
+    return session
 
 
 @app.command("validate")
@@ -141,32 +169,8 @@ def validate_command(
         from steerkit.weights import open_weights
 
         compile_plan([loaded], open_weights(model).binding())
-    typer.echo(f"{profile}: ok ({loaded.name}: {len(loaded.edits)} edits, positions {loaded.positions}, strength {loaded.strength})")
-
-
-RuntimeOption = typer.Option("hf", "--runtime", "-r", help="hf (transformers) or llama.cpp (a patched GGUF copy).")
-
-
-def _check_runtime(runtime: str) -> None:
-    if runtime not in ("hf", "llama.cpp"):
-        raise SteerkitError(f"--runtime {runtime!r}: expected hf or llama.cpp")
-
-
-def _session(model: Optional[str], profiles: list[str], strength: Optional[float], dtype: str, device: str,
-             runtime: str = "hf"):
-    from steerkit.profile import load_profile
-    from steerkit.session import LlamaCppSession, SteeringSession, profile_path
-
-    _check_runtime(runtime)
-    for name in profiles:  # refuse a bad profile before spending time loading the model
-        load_profile(profile_path(name))
-    if runtime == "llama.cpp":
-        session = LlamaCppSession(model, strength)
-    else:
-        session = SteeringSession(model, dtype, device, strength=strength)
-    for name in profiles:
-        session.add_profile(name)
-    return session
+    typer.echo(f"{printable(str(profile))}: ok ({printable(loaded.name)}: {len(loaded.edits)} edits, "
+               f"positions {loaded.positions}, strength {loaded.strength:g})")
 
 
 @app.command("generate")
@@ -175,21 +179,21 @@ def generate_command(
     model: Optional[str] = ModelOption,
     profile: list[str] = ProfileOption,
     strength: Optional[float] = typer.Option(None, "--strength", "-s", help="Override every profile's strength."),
-    max_tokens: int = typer.Option(60, "--max-tokens", "-n"),
-    temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 = greedy."),
-    seed: Optional[int] = typer.Option(None, "--seed"),
-    dtype: str = typer.Option("float32", "--dtype"),
-    device: str = typer.Option("cpu", "--device"),
+    max_tokens: int = typer.Option(200, "--max-tokens", "-n"),
+    greedy: bool = GreedyOption,
+    temperature: Optional[float] = TemperatureOption,
+    seed: Optional[int] = SeedOption,
+    repetition_penalty: Optional[float] = PenaltyOption,
+    dtype: str = DtypeOption,
+    device: str = DeviceOption,
     runtime: str = RuntimeOption,
 ) -> None:
     """Answer PROMPT with the model, steered by the given profiles (streams the text)."""
-    session = _session(model, profile, strength, dtype, device, runtime)
-    session.generate(prompt, max_tokens, temperature, seed, on_text=lambda text: typer.echo(text, nl=False))
+    sampling = _sampling(greedy, temperature, seed, repetition_penalty)
+    check_max_tokens(max_tokens)
+    session = _open_session(model, profile, strength, runtime, device, dtype)
+    session.generate(prompt, max_tokens, sampling, on_text=lambda text: typer.echo(text, nl=False))
     typer.echo()
-
-
-_CHAT_HELP = """commands: /profile FILE-or-NAME (add), /clear (drop all profiles), /strength S, /off, /on,
-          /edits (show active edits), /reset (forget the conversation), /quit"""
 
 
 @app.command("chat")
@@ -198,86 +202,33 @@ def chat_command(
     profile: list[str] = ProfileOption,
     strength: Optional[float] = typer.Option(None, "--strength", "-s"),
     max_tokens: int = typer.Option(200, "--max-tokens", "-n"),
-    temperature: float = typer.Option(0.0, "--temperature", "-t"),
-    dtype: str = typer.Option("float32", "--dtype"),
-    device: str = typer.Option("cpu", "--device"),
+    greedy: bool = GreedyOption,
+    temperature: Optional[float] = TemperatureOption,
+    seed: Optional[int] = SeedOption,
+    repetition_penalty: Optional[float] = PenaltyOption,
+    dtype: str = DtypeOption,
+    device: str = DeviceOption,
     runtime: str = RuntimeOption,
 ) -> None:
     """Interactive chat; switch profiles, strength and steering on/off between turns."""
-    session = _session(model, profile, strength, dtype, device, runtime)
-    history: list[dict] = []
-    typer.echo(_CHAT_HELP)
-    while True:
+    from steerkit.chat import HELP, ChatRepl
+
+    sampling = _sampling(greedy, temperature, seed, repetition_penalty)
+    check_max_tokens(max_tokens)
+    repl = ChatRepl(_open_session(model, profile, strength, runtime, device, dtype), max_tokens, sampling)
+    typer.echo(HELP)
+    while not repl.done:
         try:
             line = input("you> ").strip()
         except EOFError:
             break
-        if not line:
-            continue
         if line.startswith("/"):
-            command, _, argument = line.partition(" ")
-            try:
-                if command == "/quit":
-                    break
-                elif command == "/profile":
-                    added = session.add_profile(argument.strip())
-                    typer.echo(f"added {added.name} ({len(added.edits)} edits)")
-                elif command == "/clear":
-                    session.profiles.clear()
-                    typer.echo("no profiles active")
-                elif command == "/strength":
-                    try:
-                        session.strength = float(argument)
-                    except ValueError:
-                        raise SteerkitError(f"/strength {argument!r}: expected a number") from None
-                    typer.echo(f"strength {session.strength}")
-                elif command in ("/off", "/on"):
-                    session.enabled = command == "/on"
-                    typer.echo(f"steering {'on' if session.enabled else 'off'}")
-                elif command == "/edits":
-                    _show_edits(session)
-                elif command == "/reset":
-                    history.clear()
-                    typer.echo("conversation cleared")
-                else:
-                    typer.echo(_CHAT_HELP)
-            except SteerkitError as exc:
-                typer.echo(f"error: {exc}")
-            continue
-        history.append({"role": "user", "content": line})
-        typer.echo("bot> ", nl=False)
-        answer = session.generate(list(history), max_tokens, temperature, on_text=lambda t: typer.echo(t, nl=False))
-        typer.echo()
-        history.append({"role": "assistant", "content": answer})
-
-
-def _show_edits(session) -> None:
-    if not session.profiles:
-        typer.echo("no profiles active")
-    typer.echo(f"steering {'on' if session.enabled else 'off'}, strength {session.strength or 'per profile'}")
-    for profile in session.profiles:
-        typer.echo(f"  {profile.name} (positions {profile.positions}):")
-        for edit in profile.edits:
-            typer.echo(f"    {edit.layer}:{edit.neuron} {edit.op} {edit.value:g}  {' '.join(edit.tokens[:5])}")
-
-
-def _discovery_tools(model: Optional[str], progress: bool = True, word: Optional[str] = None):
-    """(weights, atlas, transformers evaluator) for discovery and evaluation on ``model``.
-
-    ``word`` is checked against the vocabulary before the model is loaded.
-    """
-    from runtimes.hf import load_model
-    from runtimes.hf.measure import HFEvaluator
-    from steerkit.atlas import atlas_for
-    from steerkit.concept import concept_from_word
-    from steerkit.weights import open_weights
-
-    reader = open_weights(model)
-    atlas = atlas_for(reader, progress=progress)
-    if word is not None:
-        concept_from_word(word, atlas.vocab)
-    loaded, tokenizer = load_model(model)
-    return reader, atlas, HFEvaluator(loaded, tokenizer, progress=progress)
+            for out in repl.command(line):
+                typer.echo(out)
+        elif line:
+            typer.echo("bot> ", nl=False)
+            repl.ask(line, on_text=lambda text: typer.echo(text, nl=False))
+            typer.echo()
 
 
 def _echo_discovery(found) -> None:
@@ -302,23 +253,28 @@ def discover_command(
     suppress: bool = typer.Option(False, "--suppress", help="Make the model avoid the concept instead."),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="Calibration prompts, one per line (default: built in)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only print the profile path."),
+    force: bool = typer.Option(False, "--force", help="Write the profile even when nothing inside the budget moved the concept."),
 ) -> None:
-    """Find the neurons for CONCEPT, calibrate their values on the model, and write a profile."""
-    from steerkit.discover import discover, discovered_profile_path
+    """Find the neurons for CONCEPT, calibrate their values on the model, and write a profile.
+
+    Exits 1 without writing when no setting inside the fluency budget moves the concept (--force writes anyway).
+    """
+    from steerkit.api import discover
+    from steerkit.discovery import discovered_profile_path
     from steerkit.profile import save_profile
     from steerkit.prompts import read_prompts
+    from steerkit.weights import open_weights
 
     prompt_list = read_prompts(prompts) if prompts else None
-    if not concept.strip():
-        raise SteerkitError("the concept word is empty: give a word such as 'dog'")
-    reader, atlas, evaluator = _discovery_tools(model, progress=not quiet, word=concept)
-    found = discover(concept, reader, atlas, evaluator, suppress=suppress, prompts=prompt_list,
-                     log=(lambda message: None) if quiet else typer.echo)
-    target = output or discovered_profile_path(reader, concept, suppress)
-    save_profile(found.profile, target)
+    found = discover(concept, model, suppress=suppress, prompts=prompt_list, progress=not quiet,
+                     log=(lambda message: None) if quiet else (lambda message: typer.echo(printable(message))))
     if not quiet:
         _echo_discovery(found)
-    typer.echo(f"wrote {target}")
+    if not found.moved and not force:
+        raise SteerkitError(found.failure())
+    target = output or discovered_profile_path(open_weights(model), concept, suppress)
+    save_profile(found.profile, target)
+    typer.echo(f"wrote {printable(str(target))}")
 
 
 @app.command("eval")
@@ -330,38 +286,28 @@ def eval_command(
     output: Path = typer.Option(Path("eval.json"), "--output", "-o", help="JSON report; the plot goes next to it (.png)."),
     max_tokens: int = typer.Option(40, "--max-tokens", "-n"),
     runtime: str = RuntimeOption,
+    device: str = DeviceOption,
 ) -> None:
-    """Mention rate and fluency of PROFILE on neutral prompts, against the unsteered model, over strengths."""
+    """Mention rate and fluency of PROFILE on neutral prompts, against the unsteered model, over strengths (greedy)."""
+    from steerkit.api import load_profile
     from steerkit.evaluate import evaluate, profile_concept, write_report
     from steerkit.plan import check_binding
-    from steerkit.profile import load_profile
     from steerkit.prompts import read_prompts
-    from steerkit.session import profile_path
+    from steerkit.runtimes import load_backend
+    from steerkit.weights import open_weights
 
-    loaded = load_profile(profile_path(profile))
+    loaded = load_profile(profile)
     prompt_list = read_prompts(prompts) if prompts else None
-    if max_tokens < 1:
-        raise SteerkitError(f"--max-tokens must be at least 1, got {max_tokens}")
-    _check_runtime(runtime)
-    if runtime == "llama.cpp":
-        from runtimes.llamacpp.measure import LlamaCppEvaluator
-        from steerkit.atlas import atlas_for
-        from steerkit.sources import resolve_model
-        from steerkit.weights import open_weights
-
-        source = resolve_model(model)
-        if source.kind != "gguf":
-            raise SteerkitError(f"model {source.name}: the llama.cpp runtime needs a GGUF model")
-        atlas = atlas_for(open_weights(source))
-        evaluator = LlamaCppEvaluator(source.path)
-    else:
-        _, atlas, evaluator = _discovery_tools(model)
-    check_binding(loaded, evaluator.binding)
-    report = evaluate(loaded, evaluator, profile_concept(loaded, atlas.vocab, concept), prompt_list,
-                      max_new_tokens=max_tokens)
+    check_max_tokens(max_tokens)
+    reader = open_weights(model)
+    check_binding(loaded, reader.binding())
+    word = profile_concept(loaded, reader.tokens(), concept)
+    backend = load_backend(model, runtime, device)
+    backend.progress = True
+    report = evaluate(loaded, backend, word, prompt_list, max_new_tokens=max_tokens)
     write_report(report, output, output.with_suffix(".png"))
-    typer.echo(f"{report.profile}: {report.goal} {report.concept!r} on {len(report.prompts)} prompts, "
-               f"{max_tokens} tokens, runtime {runtime}")
+    typer.echo(f"{printable(report.profile)}: {report.goal} {report.concept!r} on {len(report.prompts)} prompts, "
+               f"{max_tokens} tokens, runtime {backend.name}")
     typer.echo("strength  mentions  nll    repetition  diversity")
     for strength, stats in zip(report.strengths, report.stats):
         typer.echo(f"{strength:8.2f}  {stats.mention_rate:8.2f}  {stats.nll:5.2f}  {stats.repetition:10.2f}  {stats.diversity:9.2f}")
@@ -373,27 +319,31 @@ def steer_command(
     concept: str = typer.Argument(..., help="A concept word, e.g. dog (a shipped, cached or freshly discovered profile)."),
     prompt: str = typer.Argument(..., help="The user message."),
     model: Optional[str] = ModelOption,
-    max_tokens: int = typer.Option(60, "--max-tokens", "-n"),
+    max_tokens: int = typer.Option(120, "--max-tokens", "-n"),
     runtime: str = RuntimeOption,
     suppress: bool = typer.Option(False, "--suppress", help="Steer away from the concept."),
+    greedy: bool = GreedyOption,
+    temperature: Optional[float] = TemperatureOption,
+    seed: Optional[int] = SeedOption,
+    repetition_penalty: Optional[float] = PenaltyOption,
 ) -> None:
-    """Show the unsteered and steered answers to PROMPT, side by side.
+    """Show the unsteered and steered answers to PROMPT, side by side (same decoding and seed for both).
 
     Uses the shipped profile for CONCEPT when it fits the model, else a profile
     discovered earlier (cached), else discovers one now (about a minute).
     """
-    from steerkit.discover import profile_for_concept
+    from steerkit.discovery import profile_for_concept
 
-    if not concept.strip():
-        raise SteerkitError("the concept word is empty: give a word such as 'dog'")
-    profile, origin = profile_for_concept(concept, model, suppress, log=typer.echo)
-    typer.echo(f"profile: {profile} ({origin})")
-    session = _session(model, [str(profile)], None, "float32", "cpu", runtime)
+    sampling = _sampling(greedy, temperature, seed, repetition_penalty)
+    check_max_tokens(max_tokens)
+    profile, origin = profile_for_concept(concept, model, suppress, log=lambda message: typer.echo(printable(message)))
+    typer.echo(f"profile: {printable(str(profile))} ({origin})")
+    session = _open_session(model, [str(profile)], None, runtime, "cpu", "float32")
     session.enabled = False
-    plain = session.generate(prompt, max_tokens).strip()
+    plain = session.generate(prompt, max_tokens, sampling).strip()
     session.enabled = True
-    steered_text = session.generate(prompt, max_tokens).strip()
-    _side_by_side(("unsteered", plain), (f"steered: {'no ' if suppress else ''}{concept}", steered_text))
+    steered_text = session.generate(prompt, max_tokens, sampling).strip()
+    _side_by_side(("unsteered", plain), (f"steered: {'no ' if suppress else ''}{printable(concept)}", steered_text))
 
 
 def _side_by_side(left: tuple[str, str], right: tuple[str, str]) -> None:
@@ -418,22 +368,24 @@ def patch_command(
                                      help="Gemma: replace clamp/add edits by a fitted stand-in (norm gains + a control vector next to the output)."),
 ) -> None:
     """Write a patched GGUF that stock llama.cpp, llama-cpp-python and ollama load as-is."""
-    from runtimes.llamacpp import patch_gguf
     from steerkit.profile import load_profile
+    from steerkit.runtimes.llamacpp import patch_gguf
+    from steerkit.session import check_strength
 
+    strength = check_strength(strength)
     loaded = [load_profile(p) for p in profiles]
     report = patch_gguf(model_file, loaded, output, strength, allow_repatch, approximate=approximate)
     typer.echo(f"wrote {report.output}: {report.scaled_rows} up_proj rows rescaled, "
                f"ffn_down bias in layers {list(report.bias_layers) or 'none'}, profile sha256 {report.profile_sha256[:16]}")
     if report.approximation:
         typer.echo(f"wrote {report.control_vector}")
-        typer.echo(report.approximation)
+        typer.echo(printable(report.approximation))
 
 
 @app.command("inspect")
 def inspect_command(model_file: Path = typer.Argument(..., help="A GGUF file.")) -> None:
     """Show the steerkit profile embedded in a patched GGUF."""
-    from runtimes.llamacpp import embedded_profile
+    from steerkit.runtimes.llamacpp import embedded_profile
     from steerkit.weights.gguf_reader import GGUFWeights
 
     weights = GGUFWeights(model_file)
@@ -443,10 +395,11 @@ def inspect_command(model_file: Path = typer.Argument(..., help="A GGUF file."))
     if embedded is None:
         typer.echo("not patched by steerkit")
         return
-    typer.echo(f"patched by steerkit {embedded['steerkit']} with {', '.join(embedded['names'])} (sha256 {embedded['sha256'][:16]})")
+    typer.echo(printable(f"patched by steerkit {embedded['steerkit']} with {', '.join(embedded['names'])} "
+                         f"(sha256 {embedded['sha256'][:16]})"))
     if embedded.get("approximation"):
-        typer.echo(embedded["approximation"])
-    typer.echo(embedded["yaml"])
+        typer.echo(printable(embedded["approximation"]))
+    typer.echo(printable(embedded["yaml"], keep_newlines=True))
 
 
 @app.command("export-cvec")
@@ -457,10 +410,11 @@ def export_cvec_command(
     strength: Optional[float] = typer.Option(None, "--strength", "-s"),
 ) -> None:
     """Write the additive part of a profile as a llama.cpp control vector (--control-vector)."""
-    from runtimes.llamacpp import gguf_binding
-    from runtimes.llamacpp.cvec import export_control_vector, write_control_vector
     from steerkit.plan import compile_plan
     from steerkit.profile import load_profile
+    from steerkit.runtimes.llamacpp import gguf_binding
+    from steerkit.runtimes.llamacpp.cvec import export_control_vector, write_control_vector
+    from steerkit.session import check_strength
     from steerkit.sources import resolve_model
     from steerkit.weights.gguf_reader import GGUFWeights
 
@@ -469,7 +423,7 @@ def export_cvec_command(
     if source.kind != "gguf":
         raise SteerkitError(f"model {source.name}: export-cvec needs a GGUF model")
     weights = GGUFWeights(source.path, source.name)
-    vector = export_control_vector(compile_plan([loaded], gguf_binding(weights), strength), weights)
+    vector = export_control_vector(compile_plan([loaded], gguf_binding(weights), check_strength(strength)), weights)
     write_control_vector(vector, weights.info.n_layers, output)
     typer.echo(f"wrote {output}: directions for layers {sorted(vector.directions)}")
     for note in vector.left_out:
@@ -480,8 +434,15 @@ def main() -> None:
     """Entry point: run the app, turning user errors into one line and exit code 1."""
     try:
         app()
+    except UnsupportedEdit as exc:
+        from steerkit.runtimes.base import BACKENDS
+
+        others = [name for name in BACKENDS if name != exc.runtime]
+        hint = f" (try --runtime {' or '.join(others)})" if exc.runtime in BACKENDS and others else ""
+        typer.echo(f"error: {printable(str(exc))}{hint}", err=True)
+        sys.exit(1)
     except SteerkitError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {printable(str(exc))}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)

@@ -66,15 +66,15 @@ class EvalReport:
         }
 
 
-def evaluate(profile: Profile, evaluator, concept: Concept, prompts: list[str] | None = None,
+def evaluate(profile: Profile, backend, concept: Concept, prompts: list[str] | None = None,
              strengths: tuple[float, ...] = STRENGTHS, max_new_tokens: int = 40) -> EvalReport:
     """Answer ``prompts`` (default: the built-in neutral set, or the elicit set for suppressing profiles)
     at each strength and summarise each set of answers."""
     goal = profile_goal(profile)
     prompts = prompts or builtin_prompts("elicit" if goal == "suppress" else "neutral")
     strengths = tuple(sorted({0.0, *strengths}))
-    plans = [None if s == 0 else compile_plan([profile], evaluator.binding, s) for s in strengths]
-    answers, stats = measure_plans(evaluator, concept, prompts, plans, max_new_tokens)
+    plans = [None if s == 0 else compile_plan([profile], backend.binding, s) for s in strengths]
+    answers, stats = measure_plans(backend, concept, prompts, plans, max_new_tokens)
     return EvalReport(profile.name, concept.word, goal, prompts, list(strengths), stats, answers, max_new_tokens)
 
 

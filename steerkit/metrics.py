@@ -46,11 +46,12 @@ def answer_stats(concept: Concept, answers: list[str], nll: list[float]) -> Answ
     )
 
 
-def measure_plans(evaluator, concept: Concept, prompts: list[str], plans: list, max_new_tokens: int
+def measure_plans(backend, concept: Concept, prompts: list[str], plans: list, max_new_tokens: int
                   ) -> tuple[list[list[str]], list[AnswerStats]]:
-    """Answer ``prompts`` under each plan (``None``: unsteered) with a :class:`runtimes.base.Evaluator`;
+    """Answer ``prompts`` greedily under each plan (``None``: unsteered) with a backend
+    (:class:`steerkit.runtimes.base.Backend`: anything with ``generate`` and ``nll``);
     return the answers ``[plan][prompt]`` and one :class:`AnswerStats` per plan."""
-    answers = evaluator.generate(prompts, plans, max_new_tokens)
-    nll = evaluator.nll([p for _ in answers for p in prompts], [a for row in answers for a in row])
+    answers = backend.generate(prompts, plans, max_new_tokens)
+    nll = backend.nll([p for _ in answers for p in prompts], [a for row in answers for a in row])
     n = len(prompts)
     return answers, [answer_stats(concept, row, nll[k * n:(k + 1) * n]) for k, row in enumerate(answers)]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from steerkit.errors import SteerkitError
+from steerkit.errors import ProfileMismatch, UnsupportedEdit
 from steerkit.profile import ModelBinding, Profile
 
 __all__ = ["LayerEdits", "EditGroup", "Plan", "compile_plan", "check_binding"]
@@ -59,10 +59,10 @@ class Plan:
         """
         for group in self.groups:
             if group.positions != "all" and group.layers:
-                raise SteerkitError(
+                raise UnsupportedEdit(
                     f"profile edits restricted to {group.positions!r} positions cannot be baked into weights "
-                    f"(HF bake, GGUF patch): run them with hooks (--runtime hf) or steerkit's llama.cpp runtime "
-                    f"(--runtime llama.cpp), or use a profile that acts on all positions"
+                    f"(HF bake, GGUF patch): run them in steerkit (hooks, or its llama.cpp runtime), or use a "
+                    f"profile that acts on all positions", "weights"
                 )
         per_neuron: dict[tuple[int, int], tuple[float, float]] = {}
         for group in self.groups:
@@ -91,12 +91,12 @@ def check_binding(profile: Profile, actual: ModelBinding) -> None:
     wanted = profile.model
     for name in ("arch", "n_layers", "d_model", "d_ff", "vocab_size"):
         if getattr(wanted, name) != getattr(actual, name):
-            raise SteerkitError(
+            raise ProfileMismatch(
                 f"{profile.source}: model.{name}: profile is for {getattr(wanted, name)!r}, "
                 f"this model has {getattr(actual, name)!r} (made for another model)"
             )
     if wanted.vocab_sha256 and actual.vocab_sha256 and wanted.vocab_sha256 != actual.vocab_sha256:
-        raise SteerkitError(f"{profile.source}: model.vocab_sha256: profile was made for a model with another vocabulary")
+        raise ProfileMismatch(f"{profile.source}: model.vocab_sha256: profile was made for a model with another vocabulary")
 
 
 def compile_plan(profiles: list[Profile], model: ModelBinding | None = None, strength: float | None = None) -> Plan:

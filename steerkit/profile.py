@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,22 @@ class Edit:
     value: float = 0.0
     tokens: tuple[str, ...] = ()  # informational: what the neuron decodes to
     score: float | None = None  # informational: how discovery ranked it
+
+    def __post_init__(self) -> None:
+        # Edits built in code get the checks a YAML file gets (the layer/neuron ranges are the Profile's).
+        where = f"edit {self.layer}:{self.neuron}"
+        for name in ("layer", "neuron"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise SteerkitError(f"{where}: {name}: expected a non-negative integer, got {value!r}")
+        if self.op not in OPS:
+            raise SteerkitError(f"{where}: op: {self.op!r} is not one of {', '.join(OPS)}")
+        object.__setattr__(self, "value", _finite(self.value, f"{where}: value"))
+        if self.score is not None:
+            object.__setattr__(self, "score", _finite(self.score, f"{where}: score"))
+        if isinstance(self.tokens, str) or not all(isinstance(t, str) for t in self.tokens):
+            raise SteerkitError(f"{where}: tokens: expected a list of strings")
+        object.__setattr__(self, "tokens", tuple(self.tokens))
 
     def affine(self, strength: float = 1.0) -> tuple[float, float]:
         """``(mult, add)`` so that the edited activation is ``h*mult + add``."""
@@ -104,6 +121,43 @@ class Profile:
     strength: float = 1.0
     provenance: dict[str, Any] = field(default_factory=dict)
     source: str = "<profile>"  # where it was read from, for messages
+
+    def __post_init__(self) -> None:
+        # Profiles built in code get the checks a YAML file gets, with the same field names.
+        where = f"{self.source}: " if self.source != "<profile>" else f"profile {self.name!r}: "
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise SteerkitError(f"{where}name: expected a non-empty string")
+        if not isinstance(self.model, ModelBinding):
+            raise SteerkitError(f"{where}model: expected a ModelBinding, got {type(self.model).__name__}")
+        if self.positions not in POSITIONS:
+            raise SteerkitError(f"{where}positions: {self.positions!r} is not one of {', '.join(POSITIONS)}")
+        self.strength = _finite(self.strength, f"{where}strength")
+        if not isinstance(self.provenance, dict):
+            raise SteerkitError(f"{where}provenance: expected a mapping")
+        seen: dict[tuple[int, int], int] = {}
+        for index, edit in enumerate(self.edits):
+            if not isinstance(edit, Edit):
+                raise SteerkitError(f"{where}edits[{index}]: expected an Edit, got {type(edit).__name__}")
+            for name, high in (("layer", self.model.n_layers - 1), ("neuron", self.model.d_ff - 1)):
+                if getattr(edit, name) > high:
+                    raise SteerkitError(f"{where}edits[{index}].{name}: {getattr(edit, name)} out of range 0..{high}")
+            key = (edit.layer, edit.neuron)
+            if key in seen:
+                raise SteerkitError(f"{where}edits[{index}]: neuron {edit.layer}:{edit.neuron} is already edited by "
+                                    f"edits[{seen[key]}]")
+            seen[key] = index
+
+
+def _finite(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SteerkitError(f"{where}: expected a number, got {value!r}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise SteerkitError(f"{where}: expected a finite number, got {value!r}")
+    return number
 
 
 def vocab_sha256(tokens: list[str]) -> str:
@@ -275,17 +329,23 @@ def _plain(value: Any) -> Any:
 
 
 def load_profile(path: str | Path) -> Profile:
-    """Read and validate a profile file (at most 1 MiB)."""
+    """Read and validate a profile file: a regular file of at most 1 MiB (read with that bound, whatever
+    its stated size: ``/dev/zero`` or a FIFO never hang or fill memory)."""
     path = Path(path)
     try:
-        size = path.stat().st_size
-        if size > MAX_PROFILE_BYTES:
-            raise SteerkitError(f"{path}: profile is {size} bytes, over the {MAX_PROFILE_BYTES}-byte limit")
-        text = path.read_bytes().decode("utf-8")
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise SteerkitError(f"{path}: cannot read profile (not a regular file)")
+        with path.open("rb") as handle:
+            data = handle.read(MAX_PROFILE_BYTES + 1)
+        if len(data) > MAX_PROFILE_BYTES:
+            raise SteerkitError(f"{path}: profile is over the {MAX_PROFILE_BYTES}-byte limit")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SteerkitError(f"{path}: not UTF-8 text") from exc
     except OSError as exc:
         raise SteerkitError(f"{path}: cannot read profile ({exc.strerror})") from exc
+    except ValueError as exc:  # a NUL byte in the name
+        raise SteerkitError(f"{path}: cannot read profile ({exc})") from exc
     return parse_profile(text, str(path))
 
 

@@ -35,6 +35,14 @@ def gguf(tmp_path):
         (["discover", "dog", "--prompts", "missing.txt"], "cannot read prompts"),
         (["eval", "nope.yaml"], "cannot read profile"),
         (["steer", "", "hi"], "empty"),
+        (["steer", "../../etc/passwd", "hi"], "expected one word"),
+        (["generate", "hi", "-n", "0"], "max tokens must be an integer in 1..4096"),
+        (["generate", "hi", "-t", "-1"], "temperature must be a number"),
+        (["generate", "hi", "-s", "nan"], "strength must be a finite number"),
+        (["generate", "hi", "-s", "1e39"], "strength must be a finite number"),
+        (["generate", "hi", "-r", "onnx"], "unknown runtime 'onnx'"),
+        (["chat", "-n", "0"], "max tokens"),
+        (["neuron", "1:" + "9" * 5000], "expected LAYER:INDEX"),
     ],
 )
 def test_bad_input_is_one_line(gguf, args, message):
@@ -44,6 +52,12 @@ def test_bad_input_is_one_line(gguf, args, message):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("error:")]
     assert len(errors) == 1 and errors[0] == lines[-1] and message in errors[0], result.stderr
+
+
+def test_patch_checks_its_strength_before_reading_anything(gguf, tmp_path):
+    result = run_cli("patch", gguf, "missing.yaml", "-o", str(tmp_path / "out.gguf"), "-s", "inf")
+    assert result.returncode == 1 and result.stderr.startswith("error: strength must be a finite number"), result.stderr
+    assert not (tmp_path / "out.gguf").exists()
 
 
 def test_unknown_model_is_one_line():

@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from runtimes.hf import attach, model_binding
-from runtimes.hf.hooks import attach_rows
-from runtimes.hf.measure import activation_scale, answer_nll, generate_rows
+from steerkit.runtimes.hf import attach, model_binding
+from steerkit.runtimes.hf.hooks import attach_rows
+from steerkit.runtimes.hf.measure import activation_scale, answer_nll, generate_rows
 from steerkit.atlas import build_atlas
 from steerkit.candidates import rank_candidates
 from steerkit.concept import concept_from_word
-from steerkit.discover import Budget, discover
+from steerkit.discovery import Budget, discover
+from steerkit.errors import SteerkitError
 from steerkit.metrics import AnswerStats
 from steerkit.plan import compile_plan
 from steerkit.profile import Edit, Profile, dump_profile, parse_profile
@@ -170,10 +171,9 @@ def test_budget_compares_against_the_unsteered_answers():
 
 def test_steer_finds_shipped_then_cached_then_discovers(planted, monkeypatch, tmp_path):
     """profile_for_concept: a shipped profile that fits wins; else the cache; else discovery (then cached)."""
-    import runtimes.hf
-    import runtimes.hf.measure
-    import steerkit.discover as discovery
-    import steerkit.session
+    import steerkit.discovery as discovery
+    import steerkit.runtimes
+    import steerkit.shipped
     from steerkit.profile import save_profile
 
     _, reader, atlas = planted
@@ -183,12 +183,11 @@ def test_steer_finds_shipped_then_cached_then_discovers(planted, monkeypatch, tm
     def fake_discover(word, reader_, atlas_, evaluator, suppress=False, log=None, **kwargs):
         calls.append(word)
         profile = Profile(f"{'no-' if suppress else ''}{word}", reader.binding(), [Edit(1, 5, "add", 2.0)], positions="prompt")
-        return type("Found", (), {"profile": profile})()
+        return type("Found", (), {"profile": profile, "moved": word != "cat", "failure": lambda self: "nothing moved"})()
 
     monkeypatch.setattr(discovery, "discover", fake_discover)
-    monkeypatch.setattr(runtimes.hf, "load_model", lambda model: (None, None))
-    monkeypatch.setattr(runtimes.hf.measure, "HFEvaluator", lambda model, tokenizer: None)
-    monkeypatch.setattr(steerkit.session, "PROFILES_DIR", tmp_path)
+    monkeypatch.setattr(steerkit.runtimes, "load_backend", lambda model, needs=(): None)
+    monkeypatch.setattr(steerkit.shipped, "shipped_dir", lambda: tmp_path)
     found, origin = discovery.profile_for_concept("dog", path)
     assert origin == "discovered" and calls == ["dog"] and found.is_file()
     again, origin = discovery.profile_for_concept("dog", path)
@@ -200,3 +199,7 @@ def test_steer_finds_shipped_then_cached_then_discovers(planted, monkeypatch, tm
     save_profile(other, tmp_path / "dog.yaml")
     assert discovery.profile_for_concept("dog", path) == (tmp_path / "dog.yaml", "shipped")
     assert discovery.profile_for_concept("dog", path, suppress=True)[1] == "discovered" and calls[-1] == "dog"
+    # Honest failure: a discovery that moved nothing is refused in one line, and nothing is cached.
+    with pytest.raises(SteerkitError, match="nothing moved"):
+        discovery.profile_for_concept("cat", path)
+    assert not discovery.discovered_profile_path(open_weights(path), "cat").exists()

@@ -10,8 +10,8 @@ import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as Q, GGUFReader
 from gguf.quants import dequantize
 
-from runtimes.llamacpp.patch import embedded_profile, patch_gguf
-from runtimes.llamacpp.scales import SCALE_FIELDS, scale_rows
+from steerkit.runtimes.llamacpp.patch import embedded_profile, patch_gguf
+from steerkit.runtimes.llamacpp.scales import SCALE_FIELDS, scale_rows
 from steerkit.errors import SteerkitError
 from steerkit.gguf_file import GGUFFile
 from steerkit.profile import Edit, ModelBinding, Profile, vocab_sha256
@@ -117,7 +117,7 @@ def test_patch_changes_only_what_it_must(q8_model, tmp_path):
 
 def test_copy_over_a_longer_file_leaves_no_tail(q8_model, tmp_path):
     """The copy opens its target without truncating (see gguf_out): old bytes past the new end must go."""
-    from runtimes.llamacpp.gguf_out import write_gguf_copy
+    from steerkit.runtimes.llamacpp.gguf_out import write_gguf_copy
 
     _, source = q8_model
     fresh, reused = tmp_path / "fresh.gguf", tmp_path / "reused.gguf"
@@ -151,7 +151,7 @@ def values_of(tensor) -> np.ndarray:
 
 def test_patched_weights_equal_hf_bake(q8_model, tmp_path):
     """The patched file's (dequantized) MLP equals the HF-baked MLP of the same weights."""
-    from runtimes.hf import bake
+    from steerkit.runtimes.hf import bake
     from steerkit.plan import compile_plan
     from steerkit.weights import open_weights
 
@@ -213,16 +213,16 @@ def test_gemma_approximate_writes_the_fitted_stand_in(tmp_path, monkeypatch):
     """--approximate: the fit of runtimes.hf.post_norm_fit lands in the file (norm gains) and the control vector."""
     from types import SimpleNamespace
 
-    import runtimes.hf
-    from runtimes.hf.post_norm_fit import fit_post_norm
-    from runtimes.llamacpp.cvec import read_control_vector
+    import steerkit.runtimes.hf
+    from steerkit.runtimes.hf.post_norm_fit import fit_post_norm
+    from steerkit.runtimes.llamacpp.cvec import read_control_vector
     from steerkit.plan import compile_plan
     from steerkit.prompts import reference_text
 
     model = tiny_model("gemma3_text")
     source = save_gguf(model, tmp_path / "g.gguf")
     tokenizer = lambda text: SimpleNamespace(input_ids=[3 + ord(c) % 90 for c in text[:300]])  # noqa: E731
-    monkeypatch.setattr(runtimes.hf, "load_model", lambda name: (model, tokenizer))  # the tiny GGUF has no attention
+    monkeypatch.setattr(steerkit.runtimes.hf, "load_model", lambda name: (model, tokenizer))  # the tiny GGUF has no attention
     profile = Profile("c", binding_of(source), [Edit(1, 2, "clamp", 30.0)])
     report = patch_gguf(source, [profile], tmp_path / "a.gguf", progress=False, approximate=True)
     fit = fit_post_norm(model, tokenizer(reference_text()).input_ids, compile_plan([profile], binding_of(source)))[1]
@@ -242,7 +242,7 @@ def test_disk_full_leaves_no_partial_output(q8_model, tmp_path, monkeypatch):
     """A write that fails half-way (ENOSPC) ends in one clear error, no file at the target, no temp file."""
     import errno
 
-    from runtimes.llamacpp import gguf_out
+    from steerkit.runtimes.llamacpp import gguf_out
 
     _, source = q8_model
     good = Profile("p", binding_of(source), [Edit(1, 5, "clamp", 1.0)])
@@ -284,7 +284,7 @@ def test_full_disk_is_found_before_the_copy(q8_model, tmp_path, monkeypatch):
     """The output is allocated before the data is copied: a full disk fails there, one line, no file left."""
     import errno
 
-    from runtimes.llamacpp import gguf_out
+    from steerkit.runtimes.llamacpp import gguf_out
 
     _, source = q8_model
 
@@ -303,16 +303,16 @@ def test_gemma_export_cvec_writes_fitted_offsets(tmp_path, monkeypatch):
     """export-cvec on a post-FFN-norm model: offsets fitted for the unpatched model, with the measured figure."""
     from types import SimpleNamespace
 
-    import runtimes.hf
-    from runtimes.hf.post_norm_fit import fit_post_norm
-    from runtimes.llamacpp.cvec import export_control_vector
+    import steerkit.runtimes.hf
+    from steerkit.runtimes.hf.post_norm_fit import fit_post_norm
+    from steerkit.runtimes.llamacpp.cvec import export_control_vector
     from steerkit.plan import compile_plan
     from steerkit.prompts import reference_text
 
     model = tiny_model("gemma3_text")
     source = save_gguf(model, tmp_path / "g.gguf")
     tokenizer = lambda text: SimpleNamespace(input_ids=[3 + ord(c) % 90 for c in text[:300]])  # noqa: E731
-    monkeypatch.setattr(runtimes.hf, "load_model", lambda name: (model, tokenizer))
+    monkeypatch.setattr(steerkit.runtimes.hf, "load_model", lambda name: (model, tokenizer))
     plan = compile_plan([Profile("c", binding_of(source), [Edit(1, 2, "clamp", 30.0)])], binding_of(source))
     vector = export_control_vector(plan, open_weights(str(source)), progress=False)
     expected = fit_post_norm(model, tokenizer(reference_text()).input_ids, plan, fit_gain=False, rows_patched=False)
@@ -321,10 +321,10 @@ def test_gemma_export_cvec_writes_fitted_offsets(tmp_path, monkeypatch):
 
 
 def test_gemma_approximate_refuses_layer_zero_before_loading_the_model(tmp_path, monkeypatch):
-    import runtimes.hf
+    import steerkit.runtimes.hf
 
     source = save_gguf(tiny_model("gemma3_text"), tmp_path / "g.gguf")
-    monkeypatch.setattr(runtimes.hf, "load_model", lambda name: pytest.fail("loaded the model for a doomed fit"))
+    monkeypatch.setattr(steerkit.runtimes.hf, "load_model", lambda name: pytest.fail("loaded the model for a doomed fit"))
     with pytest.raises(SteerkitError, match="cannot act on layer 0"):
         patch_gguf(source, [Profile("c", binding_of(source), [Edit(0, 2, "clamp", 3.0)])], tmp_path / "o.gguf",
                    progress=False, approximate=True)

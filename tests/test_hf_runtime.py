@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from runtimes import get_runtime
-from runtimes.hf import bake, model_binding, prepare_for_save, steered
+from steerkit.runtimes import backend_class
+from steerkit.runtimes.hf.backend import HFBackend
+from steerkit.runtimes.hf import bake, model_binding, prepare_for_save, steered
 from steerkit.errors import SteerkitError
 from steerkit.plan import compile_plan
 from steerkit.profile import Edit, Profile
@@ -56,11 +57,14 @@ def test_strength_and_runtime_registry(ids):
     edits = OPS["clamp"] + OPS["add"]
     with manual_edit(model, edits, strength=0.5):
         reference = logits(model, ids)
-    handle = get_runtime("hf").attach(model, make_plan(model, edits, strength=0.5))
+    base = logits(model, ids)
+    assert backend_class("hf") is HFBackend
+    handle = HFBackend(model, None).apply(make_plan(model, edits, strength=0.5))
     torch.testing.assert_close(logits(model, ids), reference, atol=1e-5, rtol=1e-5)
     handle.remove()
+    assert torch.equal(logits(model, ids), base)
     with pytest.raises(SteerkitError, match="unknown runtime"):
-        get_runtime("onnx")
+        backend_class("onnx")
 
 
 @pytest.mark.parametrize("positions", ["prompt", "generated"])

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from runtimes.hf import model_binding, steered
-from runtimes.hf.post_norm_fit import PostNormFit, approximated, divergence, fit_post_norm, without_adds
+from steerkit.runtimes.hf import model_binding, steered
+from steerkit.runtimes.hf.post_norm_fit import PostNormFit, approximated, divergence, fit_post_norm, without_adds
 from steerkit.plan import compile_plan
 from steerkit.profile import Edit, Profile
 from tiny_models import tiny_model
@@ -62,7 +62,7 @@ def test_small_edit_fits_near_identity(gemma):
 
 def test_offsets_for_an_unpatched_model_beat_plain_ones(gemma):
     """rows_patched=False (a control vector used alone): fitted offsets beat add * W_down[:, j] after the norm."""
-    from runtimes.hf.post_norm_fit import _added, additive_layers
+    from steerkit.runtimes.hf.post_norm_fit import _added, additive_layers
 
     model, tokenizer, calibration, held_out = gemma
     plan = plan_for(model, [Edit(1, 4, "clamp", 40.0), Edit(2, 9, "add", -30.0)])

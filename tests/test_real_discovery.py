@@ -6,17 +6,19 @@ import json
 
 import pytest
 
-from runtimes.hf import load_model
-from runtimes.hf.measure import HFEvaluator
+from steerkit.runtimes.hf import load_model
+from steerkit.runtimes.hf.backend import HFBackend
 from steerkit.atlas import atlas_for
-from steerkit.discover import Budget, discover
+from steerkit.discovery import Budget, discover
 from steerkit.evaluate import evaluate, profile_concept, profile_goal
 from steerkit.metrics import answer_stats
 from steerkit.plan import compile_plan
 from steerkit.profile import load_profile
 from steerkit.prompts import builtin_prompts, read_prompts
-from steerkit.session import PROFILES_DIR
+from steerkit.shipped import shipped_dir
 from steerkit.weights import open_weights
+
+PROFILES_DIR = shipped_dir()
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
@@ -28,7 +30,7 @@ DISCOVERED = sorted(name for name, row in SUMMARY.items() if row["shipped"])
 def tools():
     reader = open_weights("smollm2-135m")
     model, tokenizer = load_model("smollm2-135m")
-    return reader, atlas_for(reader, progress=False), HFEvaluator(model, tokenizer)
+    return reader, atlas_for(reader, progress=False), HFBackend(model, tokenizer)
 
 
 def test_discovered_dog_profile_meets_the_paper_demo(tools):

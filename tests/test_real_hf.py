@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from reference import logits, manual_edit
-from runtimes.hf import bake, load_model, model_binding, steered
-from runtimes.hf.generate import generate_text
+from steerkit.runtimes.hf import bake, load_model, model_binding, steered
+from steerkit.runtimes.hf.generate import generate_text
+from steerkit.sampling import GREEDY, Sampling
 from steerkit.plan import compile_plan
 from steerkit.profile import Edit, Profile, load_profile, vocab_sha256
-from steerkit.session import shipped_profile
+from steerkit.shipped import shipped_profile
 from steerkit.weights import open_weights
 
 pytestmark = pytest.mark.real
@@ -72,10 +73,10 @@ def test_dog_neuron_clamp_names_cats_or_dogs(smollm2):
 def test_switching_off_is_identical_over_seeded_sampling(smollm2):
     model, tokenizer = smollm2
     prompts = ["Write a short poem.", "Tell me about the sea."]
-    base = [generate_text(model, tokenizer, prompts, max_new_tokens=12, temperature=0.9, seed=s) for s in range(3)]
+    base = [generate_text(model, tokenizer, prompts, max_new_tokens=12, sampling=Sampling(temperature=0.9, seed=s)) for s in range(3)]
     with steered(model, plan_for(model, tokenizer, [Edit(29, 808, "clamp", 30.0)], "prompt")):
-        generate_text(model, tokenizer, prompts, max_new_tokens=12, temperature=0.9, seed=0)
-    again = [generate_text(model, tokenizer, prompts, max_new_tokens=12, temperature=0.9, seed=s) for s in range(3)]
+        generate_text(model, tokenizer, prompts, max_new_tokens=12, sampling=Sampling(temperature=0.9, seed=0))
+    again = [generate_text(model, tokenizer, prompts, max_new_tokens=12, sampling=Sampling(temperature=0.9, seed=s)) for s in range(3)]
     assert again == base
 
 
@@ -89,12 +90,13 @@ def test_shipped_dog_profile(smollm2):
 
 
 def test_steering_session_toggles_profiles():
-    from steerkit.session import SteeringSession
+    from steerkit.session import open_session
 
-    session = SteeringSession("smollm2-135m")
-    plain = session.generate(QUESTION, 20)
+    session = open_session("smollm2-135m", runtime="hf")
+    assert session.backend.name == "hf"
+    plain = session.generate(QUESTION, 20, GREEDY)
     session.add_profile("dog-clamp")
-    steered_text = session.generate(QUESTION, 20)
+    steered_text = session.generate(QUESTION, 20, GREEDY)
     session.enabled = False
-    assert session.generate(QUESTION, 20) == plain  # steering off: identical to the untouched model
+    assert session.generate(QUESTION, 20, GREEDY) == plain  # steering off: identical to the untouched model
     assert "dog" in steered_text.lower() and "dog" not in plain.lower()

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from runtimes.hf import load_model, model_binding, steered
-from runtimes.llamacpp.model import LlamaCppModel
-from runtimes.llamacpp.patch import patch_gguf
+from steerkit.runtimes.hf import load_model, model_binding, steered
+from steerkit.runtimes.llamacpp.model import LlamaCppModel
+from steerkit.runtimes.llamacpp.patch import patch_gguf
 from steerkit.plan import compile_plan
 from steerkit.profile import Edit, Profile
 from steerkit.sources import resolve_model
@@ -122,7 +122,7 @@ def test_patch_is_exact_on_f32_weights(setup, f32_copy, op, tmp_path):
 
 def test_patched_dog_answer_in_llama_cpp(tmp_path):
     from steerkit.profile import load_profile
-    from steerkit.session import shipped_profile
+    from steerkit.shipped import shipped_profile
 
     patch_gguf(resolve_model().path, [load_profile(shipped_profile("dog-clamp"))], tmp_path / "dog.gguf", progress=False)
     question = [{"role": "user", "content": "What is your favourite animal?"}]
@@ -134,7 +134,7 @@ def test_patched_dog_answer_in_llama_cpp(tmp_path):
 
 def test_control_vector_layer_convention(setup, tmp_path):
     """direction.N acts on the output of layer N: matches HF add hooks there, not at N-1 or N+1."""
-    from runtimes.llamacpp.cvec import control_vector, read_control_vector, write_control_vector
+    from steerkit.runtimes.llamacpp.cvec import control_vector, read_control_vector, write_control_vector
     from steerkit.weights import open_weights
 
     model, tokenizer, ids = setup
@@ -158,14 +158,16 @@ def test_control_vector_layer_convention(setup, tmp_path):
 
 
 def test_llama_cpp_session_switches_profiles():
-    from steerkit.session import LlamaCppSession
+    from steerkit.sampling import GREEDY
+    from steerkit.session import open_session
 
-    session = LlamaCppSession("smollm2-135m")
-    plain = session.generate("What is your favourite animal?", 20)
+    session = open_session("smollm2-135m", runtime="llama.cpp")
+    assert session.backend.name == "llama.cpp"
+    plain = session.generate("What is your favourite animal?", 20, GREEDY)
     session.add_profile("dog-clamp")
-    steered_text = session.generate("What is your favourite animal?", 20)
+    steered_text = session.generate("What is your favourite animal?", 20, GREEDY)
     session.enabled = False
-    again = session.generate("What is your favourite animal?", 20)
+    again = session.generate("What is your favourite animal?", 20, GREEDY)
     assert "dog" in steered_text.lower() and "dog" not in plain.lower()
     assert again == plain  # steering off: identical to the untouched model
 
@@ -199,8 +201,8 @@ def test_gemma3_clamp_approximation_figure(tmp_path):
     file, offsets as a control vector); measured in llama.cpp against the HF hooks, and described in the file."""
     import re
 
-    from runtimes.llamacpp import embedded_profile
-    from runtimes.llamacpp.cvec import read_control_vector
+    from steerkit.runtimes.llamacpp import embedded_profile
+    from steerkit.runtimes.llamacpp.cvec import read_control_vector
     from steerkit.weights.gguf_reader import GGUFWeights
 
     model, tokenizer = gemma3()
@@ -227,7 +229,7 @@ def test_gemma3_clamp_approximation_figure(tmp_path):
 
 def test_gemma3_export_cvec_fitted_offsets(tmp_path):
     """export-cvec on Gemma: offsets fitted for the unpatched model beat the plain add * W_down[:, j]."""
-    from runtimes.llamacpp.cvec import control_vector, export_control_vector
+    from steerkit.runtimes.llamacpp.cvec import control_vector, export_control_vector
     from steerkit.weights.gguf_reader import GGUFWeights
 
     model, tokenizer = gemma3()
@@ -266,10 +268,10 @@ def _gemma_cpp() -> LlamaCppModel:
 
 def test_prompt_position_profile_matches_hf_in_llama_cpp(setup, baseline):
     """A discovered profile (adds on prompt positions) runs in llama.cpp as a control vector set for the prompt only."""
-    from runtimes.hf import attach
-    from runtimes.llamacpp.prompt_vector import prompt_directions
+    from steerkit.runtimes.hf import attach
+    from steerkit.runtimes.llamacpp.prompt_vector import prompt_directions
     from steerkit.profile import load_profile
-    from steerkit.session import shipped_profile
+    from steerkit.shipped import shipped_profile
     from steerkit.weights.gguf_reader import GGUFWeights
 
     model, tokenizer, ids = setup
@@ -298,11 +300,12 @@ def test_prompt_position_profile_matches_hf_in_llama_cpp(setup, baseline):
 
 
 def test_discovered_dog_profile_answers_in_llama_cpp():
-    from steerkit.session import LlamaCppSession
+    from steerkit.sampling import GREEDY
+    from steerkit.session import open_session
 
-    session = LlamaCppSession()
+    session = open_session(runtime="llama.cpp")
     session.add_profile("dog")
-    steered_text = session.generate("What is your favourite animal?", 20)
+    steered_text = session.generate("What is your favourite animal?", 20, GREEDY)
     session.enabled = False
-    plain = session.generate("What is your favourite animal?", 20)
+    plain = session.generate("What is your favourite animal?", 20, GREEDY)
     assert "dog" in steered_text.lower() and "dog" not in plain.lower(), (steered_text, plain)

@@ -17,9 +17,9 @@ import urllib.request
 
 import pytest
 
-from runtimes.llamacpp import patch_gguf
+from steerkit.runtimes.llamacpp import patch_gguf
 from steerkit.profile import load_profile
-from steerkit.session import shipped_profile
+from steerkit.shipped import shipped_profile
 from steerkit.sources import resolve_model
 
 pytestmark = pytest.mark.real

@@ -1,6 +1,6 @@
 """Bake a plan into a transformers model's weights: zero runtime overhead.
 
-Per the compilation table (../shared/DESIGN.md), neuron ``j``'s affine edit
+Per the compilation table (docs/formats.md), neuron ``j``'s affine edit
 ``h*mult + add`` becomes: ``up_proj`` row ``j`` multiplied by ``mult`` (exact,
 since ``h = act(gate.x) * (up.x)``) and ``add * W_down[:, j]`` added to a
 ``down_proj`` bias.  Baking applies at every position.  The handle restores
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from runtimes.hf.modules import mlp_module, model_arch, text_config
+from steerkit.runtimes.hf.modules import mlp_module, model_arch, text_config
 from steerkit.errors import SteerkitError
 from steerkit.plan import Plan
 

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 
 import torch
 
-from runtimes.hf.modules import mlp_module
-from runtimes.hf.positions import PositionTracker
+from steerkit.runtimes.hf.modules import mlp_module
+from steerkit.runtimes.hf.positions import PositionTracker
 from steerkit.plan import Plan
 
 __all__ = ["HookHandle", "attach", "attach_rows", "steered"]

@@ -1,7 +1,7 @@
 """Measurements on a transformers model that discovery and evaluation need.
 
 - :func:`activation_scale`: how large each neuron's activation ``h`` gets on a text;
-- :func:`generate_rows`: greedy answers with a different plan on every batch row;
+- :func:`generate_rows`: answers with a different plan on every batch row;
 - :func:`answer_nll`: how surprising answers are to the (unsteered) model.
 """
 
@@ -10,12 +10,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from runtimes.hf.generate import build_inputs
-from runtimes.hf.hooks import attach_rows
-from runtimes.hf.modules import mlp_module
 from steerkit.plan import Plan
+from steerkit.runtimes.hf.generate import build_inputs, generate_kwargs, text_streamer
+from steerkit.runtimes.hf.hooks import attach_rows
+from steerkit.runtimes.hf.modules import mlp_module
+from steerkit.sampling import GREEDY, Sampling
 
-__all__ = ["activation_scale", "generate_rows", "answer_nll", "HFEvaluator"]
+__all__ = ["activation_scale", "generate_rows", "answer_nll"]
 
 
 @torch.no_grad()
@@ -43,13 +44,15 @@ def activation_scale(model, tokenizer, text: str) -> np.ndarray:
 
 
 @torch.no_grad()
-def generate_rows(model, tokenizer, prompts: list[str], plans: list[Plan | None], max_new_tokens: int,
-                  batch_size: int = 48, progress: bool = False) -> list[list[str]]:
-    """Greedy answers of every prompt under every plan: ``answers[plan][prompt]``.
+def generate_rows(model, tokenizer, prompts: list, plans: list[Plan | None], max_new_tokens: int,
+                  batch_size: int = 48, progress: bool = False, sampling: Sampling = GREEDY,
+                  on_text=None) -> list[list[str]]:
+    """Answers of every prompt under every plan: ``answers[plan][prompt]``.
 
     All (plan, prompt) pairs are generated in batches with per-row hooks, so a
     whole strength sweep costs a few batched generations instead of one per
-    answer.  ``None`` means unsteered.
+    answer.  ``None`` means unsteered.  ``on_text`` streams the text of a
+    single answer.
     """
     rows = [(p, plan) for plan in range(len(plans)) for p in range(len(prompts))]
     batch_size = -(-len(rows) // -(-len(rows) // batch_size))  # equal batches, none larger than asked
@@ -63,13 +66,16 @@ def generate_rows(model, tokenizer, prompts: list[str], plans: list[Plan | None]
     for start in starts:
         chunk = rows[start:start + batch_size]
         inputs = build_inputs(tokenizer, [prompts[p] for p, _ in chunk], model.device)
+        prompt_length = inputs["input_ids"].shape[1]
+        kwargs = generate_kwargs(tokenizer, sampling, prompt_length, max_new_tokens)
+        if on_text is not None and len(rows) == 1:
+            kwargs["streamer"] = text_streamer(tokenizer, on_text)
         handle = attach_rows(model, [plans[k] or empty for _, k in chunk])
         try:
-            output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
-                                    top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id)
+            output = model.generate(**inputs, **kwargs)
         finally:
             handle.remove()
-        texts += tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        texts += tokenizer.batch_decode(output[:, prompt_length:], skip_special_tokens=True)
     return [texts[k * len(prompts):(k + 1) * len(prompts)] for k in range(len(plans))]
 
 
@@ -98,22 +104,3 @@ def answer_nll(model, tokenizer, prompts: list[str], answers: list[str], batch_s
         token_nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), answer, reduction="none")
         results += ((token_nll * answer_mask).sum(1) / answer_mask.sum(1)).tolist()
     return results
-
-
-class HFEvaluator:
-    """:class:`runtimes.base.Evaluator` for a transformers model (batched, one plan per batch row)."""
-
-    def __init__(self, model, tokenizer, progress: bool = False) -> None:
-        from runtimes.hf.modules import model_binding
-
-        self.model, self.tokenizer, self.progress = model, tokenizer, progress
-        self.binding = model_binding(model, tokenizer)
-
-    def generate(self, prompts: list[str], plans: list[Plan | None], max_new_tokens: int) -> list[list[str]]:
-        return generate_rows(self.model, self.tokenizer, prompts, plans, max_new_tokens, progress=self.progress)
-
-    def nll(self, prompts: list[str], answers: list[str]) -> list[float]:
-        return answer_nll(self.model, self.tokenizer, prompts, answers)
-
-    def activation_scale(self, text: str) -> np.ndarray:
-        return activation_scale(self.model, self.tokenizer, text)

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from runtimes.hf.hooks import steered
-from runtimes.hf.modules import mlp_module, model_arch
+from steerkit.runtimes.hf.hooks import steered
+from steerkit.runtimes.hf.modules import mlp_module, model_arch
 from steerkit.plan import EditGroup, LayerEdits, Plan
 
 __all__ = ["PostNormFit", "fit_post_norm", "approximated", "divergence", "additive_layers", "without_adds"]

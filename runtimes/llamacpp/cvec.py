@@ -24,9 +24,10 @@ from steerkit.cache import atomic_write
 from steerkit.errors import SteerkitError
 from steerkit.gguf_file import GGUFFile
 from steerkit.plan import Plan
+from steerkit.runtimes.llamacpp.stand_in import check_cvec_layer, fit_stand_in
 from steerkit.weights import WeightReader
 
-__all__ = ["ControlVector", "check_cvec_layer", "control_vector", "export_control_vector", "write_control_vector", "read_control_vector"]
+__all__ = ["ControlVector", "control_vector", "export_control_vector", "write_control_vector", "read_control_vector"]
 
 
 @dataclass
@@ -36,12 +37,6 @@ class ControlVector:
     directions: dict[int, np.ndarray]  # layer -> [n_embd] float32
     model_hint: str
     left_out: list[str]  # human-readable notes on what is not in the vector
-
-
-def check_cvec_layer(layer: int) -> None:
-    """Raise a one-line error for layer 0, which llama.cpp's control vectors cannot reach."""
-    if layer == 0:
-        raise SteerkitError("llama.cpp control vectors cannot act on layer 0; remove or move the layer-0 add/clamp edits")
 
 
 def control_vector(plan: Plan, weights: WeightReader) -> ControlVector:
@@ -68,12 +63,10 @@ def control_vector(plan: Plan, weights: WeightReader) -> ControlVector:
 def export_control_vector(plan: Plan, weights, progress: bool = True) -> ControlVector:
     """What ``steerkit export-cvec`` writes: :func:`control_vector`, except on models that normalise the FFN
     output (Gemma), where the plain offsets do next to nothing and fitted ones are written instead
-    (:mod:`runtimes.llamacpp.stand_in`, for the unpatched model; loads it in transformers)."""
+    (:mod:`steerkit.runtimes.llamacpp.stand_in`, for the unpatched model; loads it in transformers)."""
     plain = control_vector(plan, weights)
     if not (weights.info.arch.post_ffn_norm and plain.directions):
         return plain
-    from runtimes.llamacpp.stand_in import fit_stand_in
-
     stand_in = fit_stand_in(weights, plan, rows_patched=False, progress=progress)
     notes = plain.left_out[:-1] + [f"{weights.info.arch.name}: offsets fitted to stand in for edits inside the "
                                    f"post-FFN norm. {stand_in.measured()}"]

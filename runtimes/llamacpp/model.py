@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from steerkit.errors import SteerkitError
+from steerkit.sampling import GREEDY, Sampling, next_token
 
 __all__ = ["LlamaCppModel"]
 
@@ -43,7 +44,7 @@ class LlamaCppModel:
         self.llm.reset()
 
     def _apply_control_vector(self, directions: dict[int, np.ndarray] | None) -> None:
-        # Changes what later evaluations compute; the KV cache is kept (see prompt_steered_chat).
+        # Changes what later evaluations compute; the KV cache is kept (see answer).
         import llama_cpp
 
         ctx = self.llm.ctx
@@ -86,29 +87,30 @@ class LlamaCppModel:
                                         llm._model.token_get_text(bos) if bos != -1 else "")
         return llm.tokenize(formatter(messages=messages).prompt.encode("utf-8"), add_bos=False, special=True)
 
-    def prompt_steered_chat(self, messages: list[dict], directions: dict[int, np.ndarray], max_tokens: int = 60,
-                            temperature: float = 0.0, seed: int | None = None):
-        """Answer ``messages`` with ``directions`` added to the prompt positions only; yields text pieces.
+    def answer(self, messages: list[dict], directions: dict[int, np.ndarray] | None = None, max_tokens: int = 60,
+               sampling: Sampling = GREEDY):
+        """Answer ``messages``, yielding text pieces; ``directions`` are added to the prompt positions only.
 
         The prompt is evaluated with the control vector set, the vector is then
         cleared and the answer decoded on the same KV cache: the keys and
         values of the prompt keep the steering, the generated positions do not.
+        Tokens are chosen by :func:`steerkit.sampling.next_token`, the same
+        rule with and without steering.
         """
         import llama_cpp
 
         llm = self.llm
         prompt = self.chat_prompt_tokens(messages)
+        if len(prompt) + max_tokens > llm.n_ctx():
+            raise SteerkitError(f"prompt of {len(prompt)} tokens + {max_tokens} new tokens exceed the context of "
+                                f"{llm.n_ctx()} tokens")
         vocab = llama_cpp.llama_model_get_vocab(llm._model.model)
-        rng = np.random.default_rng(seed)
-        logits = self.logits_prompt_steered(prompt, [], directions)[-1]
+        rng = np.random.default_rng(sampling.seed)
+        logits = self.logits_prompt_steered(prompt, [], directions or {})[-1]
         answer: list[int] = []
         shown = ""
         for _ in range(max_tokens):
-            if temperature > 0:
-                weights = np.exp((logits - logits.max()) / temperature)
-                token = int(rng.choice(len(weights), p=weights / weights.sum()))
-            else:
-                token = int(np.argmax(logits))
+            token = next_token(logits, answer, sampling, rng)
             if llama_cpp.llama_vocab_is_eog(vocab, token):
                 break
             answer.append(token)
@@ -125,15 +127,6 @@ class LlamaCppModel:
         self.llm.eval(list(token_ids))
         return np.array(self.llm.scores[: len(token_ids)], dtype=np.float32)
 
-    def chat(self, messages: list[dict], max_tokens: int = 60, temperature: float = 0.0, seed: int | None = None,
-             stream: bool = False):
-        """An answer to a chat history (greedy at temperature 0); a generator of text pieces when ``stream``."""
-        self.llm.reset()
-        kwargs = {"max_tokens": max_tokens, "temperature": temperature, "top_k": 0 if temperature > 0 else 1,
-                  "top_p": 1.0, "min_p": 0.0, "repeat_penalty": 1.0}
-        if seed is not None:
-            kwargs["seed"] = seed
-        if stream:
-            return (chunk["choices"][0]["delta"].get("content", "")
-                    for chunk in self.llm.create_chat_completion(messages, stream=True, **kwargs))
-        return self.llm.create_chat_completion(messages, **kwargs)["choices"][0]["message"]["content"]
+    def chat(self, messages: list[dict], max_tokens: int = 60, sampling: Sampling = GREEDY) -> str:
+        """The whole answer to a chat history (see :meth:`answer`)."""
+        return "".join(self.answer(messages, None, max_tokens, sampling))

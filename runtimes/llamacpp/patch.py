@@ -1,17 +1,17 @@
 """Compile profiles into a patched GGUF that stock llama.cpp loads as-is.
 
-Per the compilation table (../shared/DESIGN.md), for neuron ``j`` of layer
+Per the compilation table (docs/formats.md), for neuron ``j`` of layer
 ``N`` with affine edit ``h*mult + add``:
 
 * ``mult != 1``: ``blk.N.ffn_up`` row ``j`` is scaled by rewriting only its
-  blocks' fp16 scale fields (:mod:`runtimes.llamacpp.scales`), so
+  blocks' fp16 scale fields (:mod:`steerkit.runtimes.llamacpp.scales`), so
   ``h = act(gate.x) * (up.x)`` is scaled exactly;
 * ``add != 0``: ``add * W_down[:, j]`` is summed into an F32
   ``blk.N.ffn_down.bias`` tensor, which llama.cpp's llama-family graphs load.
   Gemma's graph loads no such bias and normalises the FFN output first: with
   ``approximate`` the additive part becomes a fitted stand-in (post-FFN norm
   gain scaled in the file, an offset in a control vector next to it;
-  :mod:`runtimes.hf.post_norm_fit`), measured and described in the file.
+  :mod:`steerkit.runtimes.hf.post_norm_fit`), measured and described in the file.
 
 The output also carries the profiles (names, sha256, full YAML) as
 ``steerkit.*`` metadata.  The file is streamed tensor by tensor from the
@@ -31,9 +31,9 @@ from gguf import GGMLQuantizationType
 from gguf.quants import dequantize
 from tqdm import tqdm
 
-import steerkit
-from runtimes.llamacpp.gguf_out import pack_string_array_kv, pack_string_kv, write_gguf_copy
-from runtimes.llamacpp.scales import scale_rows
+from steerkit.version import __version__
+from steerkit.runtimes.llamacpp.gguf_out import pack_string_array_kv, pack_string_kv, write_gguf_copy
+from steerkit.runtimes.llamacpp.scales import scale_rows
 from steerkit.cache import atomic_write
 from steerkit.errors import SteerkitError
 from steerkit.plan import LayerEdits, Plan, compile_plan
@@ -181,7 +181,7 @@ def write_patched(
         pack_string_array_kv(_KEY_NAMES, names),
         pack_string_kv(_KEY_SHA, digest),
         pack_string_kv(_KEY_YAML, profile_yaml),
-        pack_string_kv(_KEY_VERSION, steerkit.__version__),
+        pack_string_kv(_KEY_VERSION, __version__),
     ]
     if note:
         new_kv.append(pack_string_kv(_KEY_APPROX, note))
@@ -191,7 +191,7 @@ def write_patched(
             write_gguf_copy(weights.file, tmp, lambda key: key.startswith(KEY_PREFIX), new_kv, replaced, added, bar.update,
                             row_patches, padding_key=KEY_PREFIX + "padding")
     if stand_in is not None:
-        from runtimes.llamacpp.cvec import write_control_vector
+        from steerkit.runtimes.llamacpp.cvec import write_control_vector
 
         write_control_vector(stand_in, weights.info.n_layers, cvec_path)
     return PatchReport(output, scaled_rows, tuple(sorted(int(n.split(".")[1]) for n in added)), digest, cvec_path, note)
@@ -199,13 +199,13 @@ def write_patched(
 
 def _post_norm_stand_in(weights: GGUFWeights, plan: Plan, tensors: dict, replaced: dict[str, np.ndarray],
                         cvec_name: str, progress: bool):
-    """Fit the stand-in (:mod:`runtimes.llamacpp.stand_in`) for the patched file and measure it.
+    """Fit the stand-in (:mod:`steerkit.runtimes.llamacpp.stand_in`) for the patched file and measure it.
 
     The fitted gains go into ``replaced`` (post-FFN norm weights); returns the control vector of the
     offsets and the note for the file's metadata.
     """
-    from runtimes.llamacpp.cvec import ControlVector
-    from runtimes.llamacpp.stand_in import fit_stand_in
+    from steerkit.runtimes.llamacpp.cvec import ControlVector
+    from steerkit.runtimes.llamacpp.stand_in import fit_stand_in
 
     stand_in = fit_stand_in(weights, plan, rows_patched=True, progress=progress)
     for layer, fit in stand_in.fits.items():

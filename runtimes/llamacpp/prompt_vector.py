@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from steerkit.errors import SteerkitError
+from steerkit.errors import UnsupportedEdit
 from steerkit.plan import Plan
 from steerkit.weights.gguf_reader import GGUFWeights
 
@@ -33,17 +33,18 @@ def prompt_directions(weights: GGUFWeights, plan: Plan) -> dict[int, np.ndarray]
             continue
         names = ", ".join(plan.names)
         if group.positions != "prompt":
-            raise SteerkitError(f"profile {names}: edits on {group.positions!r} positions cannot run in llama.cpp; use --runtime hf")
+            raise UnsupportedEdit(f"profile {names}: edits on {group.positions!r} positions cannot run in llama.cpp",
+                                  "llama.cpp")
         if weights.info.arch.post_ffn_norm:
-            raise SteerkitError(f"profile {names}: prompt-position edits need an architecture without a post-FFN norm "
-                                f"({weights.info.arch.name} has one); use --runtime hf")
+            raise UnsupportedEdit(f"profile {names}: prompt-position edits need an architecture without a post-FFN "
+                                  f"norm in llama.cpp ({weights.info.arch.name} has one)", "llama.cpp")
         for edits in group.layers:
             if not np.all(edits.mult == 1.0):
-                raise SteerkitError(f"profile {names}: only 'add' edits can be limited to prompt positions in llama.cpp "
-                                    f"(layer {edits.layer} has clamp/scale/ablate); use --runtime hf")
+                raise UnsupportedEdit(f"profile {names}: only 'add' edits can be limited to prompt positions in "
+                                      f"llama.cpp (layer {edits.layer} has clamp/scale/ablate)", "llama.cpp")
             if edits.layer == 0:
-                raise SteerkitError(f"profile {names}: llama.cpp control vectors start at layer 1; "
-                                    f"a prompt-position edit of layer 0 needs --runtime hf")
+                raise UnsupportedEdit(f"profile {names}: llama.cpp control vectors start at layer 1, so a "
+                                      f"prompt-position edit of layer 0 cannot run there", "llama.cpp")
             offset = weights.down_offset(edits.layer, edits.neurons, edits.add)
             directions[edits.layer] = directions.get(edits.layer, 0) + offset
     return directions

@@ -1,7 +1,7 @@
 """Fit and measure the stand-in for clamp/add edits on models whose llama.cpp graph cannot carry them exactly.
 
 Gemma normalises the FFN output and llama.cpp's Gemma graph loads no FFN bias; the fit itself lives in
-:mod:`runtimes.hf.post_norm_fit`.  This module runs it for a GGUF (through its cached transformers
+:mod:`steerkit.runtimes.hf.post_norm_fit`.  This module runs it for a GGUF (through its cached transformers
 conversion) and says how far the result is from the exact edit.  Two uses:
 
 * ``steerkit patch --approximate``: rows patched in the file, post-FFN norm gains scaled, offsets in a
@@ -12,19 +12,29 @@ conversion) and says how far the result is from the exact edit.  Two uses:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from runtimes.hf.post_norm_fit import PostNormFit
+from steerkit.errors import SteerkitError
 from steerkit.plan import Plan
 from steerkit.weights.gguf_reader import GGUFWeights
 
-__all__ = ["StandIn", "fit_stand_in"]
+if TYPE_CHECKING:  # the fit needs torch and transformers; they are imported only when a fit runs
+    from steerkit.runtimes.hf.post_norm_fit import PostNormFit
+
+__all__ = ["StandIn", "check_cvec_layer", "fit_stand_in"]
+
+
+def check_cvec_layer(layer: int) -> None:
+    """Raise a one-line error for layer 0, which llama.cpp's control vectors cannot reach."""
+    if layer == 0:
+        raise SteerkitError("llama.cpp control vectors cannot act on layer 0; remove or move the layer-0 add/clamp edits")
 
 
 @dataclass(frozen=True)
 class StandIn:
     """Fitted per-layer gains and offsets, and their measured divergence from the exact edit."""
 
-    fits: dict[int, PostNormFit]
+    fits: dict[int, "PostNormFit"]
     kl: float  # mean KL per position from the exact edit (transformers, neutral prompts)
     top1: float
     moved: float  # how far the exact edit itself moves the model, for scale
@@ -39,9 +49,8 @@ class StandIn:
 
 def fit_stand_in(weights: GGUFWeights, plan: Plan, rows_patched: bool, progress: bool = True) -> StandIn:
     """Fit the stand-in of ``plan``'s additive edits for ``weights`` and measure it (loads the model in transformers)."""
-    from runtimes.hf import load_model
-    from runtimes.hf.post_norm_fit import additive_layers, divergence, fit_post_norm
-    from runtimes.llamacpp.cvec import check_cvec_layer
+    from steerkit.runtimes.hf import load_model
+    from steerkit.runtimes.hf.post_norm_fit import additive_layers, divergence, fit_post_norm
     from steerkit.prompts import builtin_prompts, reference_text
 
     for layer in additive_layers(plan):  # before the model is loaded: the offsets go into a control vector

@@ -23,7 +23,7 @@ Promoting profiles *add* ``sign * multiple * unit`` to each neuron at the
 **prompt positions only**: the model then reads a prompt that leans towards
 the concept and writes its answer freely.  Clamping the same neurons at every
 position makes a logit bias that sends answers into loops ("dog dog dog"),
-measured in DESIGN.md and again by this sweep's repetition figure.
+measured when the method was chosen (docs/method.md) and again by this sweep's repetition figure.
 Suppressing profiles *clamp* the neurons to the opposite sign at **every
 position**, since the concept must be held down wherever it would come up.
 """
@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-import steerkit
+from steerkit.version import __version__
 from steerkit.atlas import Atlas
 from steerkit.candidates import Candidate, rank_candidates
 from steerkit.concept import Concept, concept_from_word
@@ -94,10 +94,27 @@ class Discovery:
     seconds: float
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def moved(self) -> bool:
+        """Whether the chosen setting is inside the budget and changes the mention rate the wanted way."""
+        suppress = self.profile.provenance.get("goal") == "suppress"
+        rate, base = self.chosen.stats.mention_rate, self.baseline.mention_rate
+        return self.chosen.in_budget and (rate < base if suppress else rate > base)
+
+    def failure(self) -> str:
+        """One line saying why the profile would not steer (empty when it does)."""
+        if self.moved:
+            return ""
+        word = self.concept.word
+        return (f"discovery found no setting that changes how often {word!r} is named while keeping fluency "
+                f"inside the budget on this model (best: {self.chosen.stats.mention_rate:.2f} vs "
+                f"{self.baseline.mention_rate:.2f} unsteered); no profile written")
+
 
 PROMOTE_MULTIPLES = (8.0, 16.0, 32.0)
 SUPPRESS_MULTIPLES = (2.0, 4.0, 8.0)
 NEURON_COUNTS = (1, 2, 4, 8)
+DISCOVERY_NEEDS = ("measures_activations", "batches_rows")  # what discovery asks of a backend
 _MIN_UNIT = 0.05  # floor for neurons that barely fire on the reference text
 
 
@@ -129,13 +146,13 @@ def build_profile(concept: Concept, candidates: list[Candidate], units: np.ndarr
     )
 
 
-def discover(word: str, reader: WeightReader, atlas: Atlas, evaluator, suppress: bool = False,
+def discover(word: str, reader: WeightReader, atlas: Atlas, backend, suppress: bool = False,
              prompts: list[str] | None = None, budget: Budget = Budget(), max_new_tokens: int = 16,
              log: Callable[[str], None] = lambda message: None) -> Discovery:
     """Find, calibrate and choose a profile for ``word`` (see the module doc for the method).
 
-    ``evaluator`` is a runtime's :class:`runtimes.base.Evaluator` that also has
-    ``activation_scale(text)`` (the transformers one does).  ``prompts``
+    ``backend`` is a :class:`steerkit.runtimes.base.Backend` that measures
+    activations (the transformers one; it also batches the sweep).  ``prompts``
     default to the built-in calibration set (promote) or elicit set (suppress).
     """
     started = time.perf_counter()
@@ -154,14 +171,14 @@ def discover(word: str, reader: WeightReader, atlas: Atlas, evaluator, suppress:
         log(f"  {c.layer}:{c.neuron} write{'+' if c.sign > 0 else '-'} p={c.write_prob:.3f} x{c.specificity:.2f} "
             f"{c.read_view} p={c.read_prob:.3f}  {' '.join(c.tokens)}")
 
-    units = evaluator.activation_scale(reference_text())
+    units = backend.activation_scale(reference_text())
     prompts = prompts or builtin_prompts("elicit" if suppress else "calibration")
 
     def measure(settings: list[Setting], with_baseline: bool) -> list[AnswerStats]:
         plans: list[Plan | None] = [None] if with_baseline else []
-        plans += [compile_plan([build_profile(concept, candidates, units, s, suppress, evaluator.binding)])
+        plans += [compile_plan([build_profile(concept, candidates, units, s, suppress, backend.binding)])
                   for s in settings]
-        return measure_plans(evaluator, concept, prompts, plans, max_new_tokens)[1]
+        return measure_plans(backend, concept, prompts, plans, max_new_tokens)[1]
 
     def better(a: AnswerStats, b: AnswerStats) -> bool:
         return a.mention_rate < b.mention_rate if suppress else a.mention_rate > b.mention_rate
@@ -192,7 +209,7 @@ def discover(word: str, reader: WeightReader, atlas: Atlas, evaluator, suppress:
     elif not better(chosen.stats, baseline):
         note("no setting inside the fluency budget changed how often the concept is named: "
              "this model has no usable neurons for it (see the sweep)")
-    profile = build_profile(concept, candidates, units, chosen.setting, suppress, evaluator.binding)
+    profile = build_profile(concept, candidates, units, chosen.setting, suppress, backend.binding)
     seconds = time.perf_counter() - started
     profile.provenance = _provenance(concept, candidates, baseline, sweep, chosen, budget, prompts, suppress,
                                      seconds, notes, reader)
@@ -208,7 +225,7 @@ def _provenance(concept, candidates, baseline, sweep, chosen, budget, prompts, s
     return {
         "method": f"steerkit discover {'--suppress ' if suppress else ''}{concept.word}",
         "goal": "suppress" if suppress else "promote",
-        "steerkit_version": steerkit.__version__,
+        "steerkit_version": __version__,
         "model": reader.info.label,
         "concept": {"word": concept.word, "tokens": list(concept.tokens), **({"note": concept.note} if concept.note else {})},
         "candidates": [
@@ -246,7 +263,7 @@ def profile_for_concept(word: str, model: str | None = None, suppress: bool = Fa
     """
     from steerkit.plan import check_binding
     from steerkit.profile import load_profile, save_profile
-    from steerkit.session import shipped_profile
+    from steerkit.shipped import shipped_profile
     from steerkit.weights import open_weights
 
     reader = open_weights(model)
@@ -258,15 +275,17 @@ def profile_for_concept(word: str, model: str | None = None, suppress: bool = Fa
             return shipped, "shipped"
         except SteerkitError:
             pass  # made for another model: discover for this one
+    concept_from_word(word, reader.tokens())  # a word to discover: refuse a bad one before any heavy work
     cached = discovered_profile_path(reader, word, suppress)
     if cached.is_file():
         return cached, "cached"
-    from runtimes.hf import load_model
-    from runtimes.hf.measure import HFEvaluator
     from steerkit.atlas import atlas_for
+    from steerkit.runtimes import load_backend
 
     log(f"no profile for {name!r} on {reader.info.label} yet: discovering one (about a minute)")
-    model_obj, tokenizer = load_model(model)
-    found = discover(word, reader, atlas_for(reader), HFEvaluator(model_obj, tokenizer), suppress=suppress, log=log)
+    backend = load_backend(model, needs=DISCOVERY_NEEDS)
+    found = discover(word, reader, atlas_for(reader), backend, suppress=suppress, log=log)
+    if not found.moved:
+        raise SteerkitError(found.failure())
     save_profile(found.profile, cached)
     return cached, "discovered"

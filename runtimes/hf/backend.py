@@ -1,0 +1,83 @@
+"""The transformers backend: hooks on ``down_proj``, batched generation with one plan per row."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar
+
+import numpy as np
+
+from steerkit.plan import Plan
+from steerkit.runtimes.base import Backend, Handle
+from steerkit.runtimes.hf.generate import build_inputs
+from steerkit.runtimes.hf.hooks import attach
+from steerkit.runtimes.hf.loader import load_model
+from steerkit.runtimes.hf.measure import activation_scale, answer_nll, generate_rows
+from steerkit.runtimes.hf.modules import model_binding
+from steerkit.sampling import Sampling
+from steerkit.sources import ModelSource
+
+__all__ = ["HFBackend"]
+
+
+class HFBackend(Backend):
+    """A transformers model (CPU or CUDA).  Every edit and position is expressible: nothing is refused."""
+
+    name: ClassVar[str] = "hf"
+    batches_rows: ClassVar[bool] = True
+    measures_activations: ClassVar[bool] = True
+
+    def __init__(self, model, tokenizer, label: str | None = None, progress: bool = False) -> None:
+        super().__init__()
+        self.model, self.tokenizer, self.progress = model, tokenizer, progress
+        self.binding = model_binding(model, tokenizer)
+        self._hooks = None
+        self.label = label or getattr(model.config, "_name_or_path", "model")
+
+    @classmethod
+    def accepts(cls, source: ModelSource, device: str) -> str | None:
+        return None  # GGUFs are converted once (cached); folders load as they are
+
+    @classmethod
+    def load(cls, source: ModelSource, device: str = "cpu", dtype: str = "float32") -> HFBackend:
+        model, tokenizer = load_model(source, dtype, device)
+        return cls(model, tokenizer, source.name)
+
+    def check(self, plan: Plan) -> None:
+        return None
+
+    def apply(self, plan: Plan) -> Handle:
+        """Hooks stay on the model until ``remove()``: the user's own ``model.generate`` is steered too."""
+        handle = super().apply(plan)
+        self._hooks = attach(self.model, plan)
+        undo = handle._undo
+
+        def remove() -> None:
+            self._hooks.remove()
+            self._hooks = None
+            undo()
+
+        return Handle(remove)
+
+    def _generate(self, prompts: list, plans: list[Plan | None], max_new_tokens: int, sampling: Sampling,
+                  on_text: Callable[[str], None] | None) -> list[list[str]]:
+        if self.applied is not None:  # the applied hooks are on the model already
+            plans = [None]
+        return generate_rows(self.model, self.tokenizer, prompts, plans, max_new_tokens, progress=self.progress,
+                             sampling=sampling, on_text=on_text)
+
+    def nll(self, prompts: list, answers: list[str]) -> list[float]:
+        if self._hooks is None:
+            return answer_nll(self.model, self.tokenizer, prompts, answers)
+        self._hooks.remove()  # scored by the unsteered model, then steered again
+        try:
+            return answer_nll(self.model, self.tokenizer, prompts, answers)
+        finally:
+            self._hooks = attach(self.model, self.applied)
+
+    def count_tokens(self, prompt, answer: str) -> tuple[int, int]:
+        prompt_ids = build_inputs(self.tokenizer, [prompt], "cpu")["input_ids"][0]
+        return len(prompt_ids), len(self.tokenizer(answer, add_special_tokens=False).input_ids)
+
+    def activation_scale(self, text: str) -> np.ndarray:
+        return activation_scale(self.model, self.tokenizer, text)

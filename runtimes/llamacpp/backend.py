@@ -1,0 +1,143 @@
+"""The llama.cpp backend: patched GGUF copies (cached) run with llama-cpp-python, prompt vectors on top.
+
+A plan splits in two (:func:`~steerkit.runtimes.llamacpp.prompt_vector.split_plan`): its
+all-position edits are patched into a copy of the GGUF (cached by model, plan and steerkit
+version), its prompt-position ``add`` edits become a control vector that is set while the
+prompt is evaluated and cleared before the answer is decoded.  One answer at a time: llama.cpp
+cannot vary an edit within a batch, so per-row plans run one after another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from steerkit.version import __version__
+from steerkit.cache import cache_dir
+from steerkit.errors import SteerkitError
+from steerkit.plan import Plan
+from steerkit.runtimes.base import Backend
+from steerkit.runtimes.llamacpp.model import LlamaCppModel
+from steerkit.runtimes.llamacpp.patch import write_patched
+from steerkit.runtimes.llamacpp.prompt_vector import split_plan
+from steerkit.sampling import Sampling
+from steerkit.sources import ModelSource
+from steerkit.weights.gguf_reader import GGUFWeights
+
+__all__ = ["LlamaCppBackend", "patched_copy"]
+
+_LOADED_COPIES = 1  # patched copies kept loaded next to the plain model (memory: one model file each)
+
+
+def plan_key(plan: Plan) -> str:
+    """A digest of everything in ``plan`` that changes the weights or vectors."""
+    text = repr([(g.positions, [(l.layer, l.neurons.tolist(), l.mult.tolist(), l.add.tolist()) for l in g.layers])
+                 for g in plan.groups])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def patched_copy(weights: GGUFWeights, plan: Plan) -> Path:
+    """A copy of ``weights``' file with ``plan`` (all positions only) patched in, cached by model, plan and version."""
+    key = hashlib.sha256(f"{plan_key(plan)}|{__version__}".encode()).hexdigest()
+    path = cache_dir("patched") / f"{weights.fingerprint()[:16]}-{key[:16]}.gguf"
+    if not path.is_file():
+        write_patched(weights, plan, path, list(plan.names), f"# compiled plan of: {', '.join(plan.names)}",
+                      progress=False)
+    return path
+
+
+def _messages(prompt) -> list[dict]:
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+
+
+class LlamaCppBackend(Backend):
+    """A GGUF run by llama.cpp on the CPU."""
+
+    name: ClassVar[str] = "llama.cpp"
+
+    def __init__(self, path: str | Path, label: str | None = None) -> None:
+        super().__init__()
+        self.weights = GGUFWeights(Path(path), label)
+        self.binding = self.weights.binding()
+        self.label = label or str(path)
+        self._plain = LlamaCppModel(self.weights.path)
+        self._copies: OrderedDict[Path, LlamaCppModel] = OrderedDict()
+
+    @classmethod
+    def accepts(cls, source: ModelSource, device: str) -> str | None:
+        if source.kind != "gguf":
+            return "needs a GGUF model"
+        if device != "cpu":
+            return "runs on the CPU only"
+        try:
+            import llama_cpp  # noqa: F401
+        except ImportError:
+            return "llama-cpp-python is not installed"
+        return None
+
+    @classmethod
+    def load(cls, source: ModelSource, device: str = "cpu", dtype: str = "float32") -> LlamaCppBackend:
+        reason = cls.accepts(source, device)
+        if reason:
+            raise SteerkitError(f"model {source.name}: the llama.cpp runtime {reason}")
+        return cls(source.path, source.name)
+
+    def _split(self, plan: Plan) -> tuple[Path, dict[int, np.ndarray]]:
+        everywhere, directions = split_plan(self.weights, plan)
+        path = self.weights.path if everywhere.is_empty else patched_copy(self.weights, everywhere)
+        return path, directions
+
+    def check(self, plan: Plan) -> None:
+        """Refuses what neither the patched copy nor the prompt vector can carry (builds the copy, cached)."""
+        self._split(plan)
+
+    def _model(self, path: Path) -> LlamaCppModel:
+        if path == self.weights.path:
+            return self._plain
+        if path not in self._copies:
+            while len(self._copies) >= _LOADED_COPIES:
+                self._copies.popitem(last=False)
+            self._copies[path] = LlamaCppModel(path)
+        self._copies.move_to_end(path)
+        return self._copies[path]
+
+    def _generate(self, prompts: list, plans: list[Plan | None], max_new_tokens: int, sampling: Sampling,
+                  on_text: Callable[[str], None] | None) -> list[list[str]]:
+        rows = []
+        for plan in plans:
+            path, directions = self._split(plan) if plan is not None else (self.weights.path, {})
+            model = self._model(path)
+            answers = []
+            for prompt in prompts:
+                pieces = []
+                for piece in model.answer(_messages(prompt), directions, max_new_tokens, sampling):
+                    pieces.append(piece)
+                    if on_text is not None and len(plans) == len(prompts) == 1:
+                        on_text(piece)
+                answers.append("".join(pieces))
+            rows.append(answers)
+        return rows
+
+    def count_tokens(self, prompt, answer: str) -> tuple[int, int]:
+        plain = self._plain
+        answer_ids = plain.llm.tokenize(answer.encode("utf-8"), add_bos=False, special=False) if answer else []
+        return len(plain.chat_prompt_tokens(_messages(prompt))), len(answer_ids)
+
+    def nll(self, prompts: list, answers: list[str]) -> list[float]:
+        plain = self._plain
+        results = []
+        for prompt, answer in zip(prompts, answers):
+            prompt_ids = plain.chat_prompt_tokens(_messages(prompt))
+            answer_ids = plain.llm.tokenize(answer.encode("utf-8"), add_bos=False, special=False)
+            answer_ids += [plain.llm.token_eos()] * max(0, 2 - len(answer_ids))
+            logits = plain.logits(prompt_ids + answer_ids)[len(prompt_ids) - 1:-1].astype(np.float64)
+            shifted = logits - logits.max(axis=1, keepdims=True)
+            log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+            # As in the transformers backend: the first answer token (the steering itself) is not counted.
+            results.append(float(-log_probs[np.arange(1, len(answer_ids)), answer_ids[1:]].mean()))
+        return results
