@@ -357,6 +357,24 @@ def _side_by_side(left: tuple[str, str], right: tuple[str, str]) -> None:
     Console(width=max(100, Console().width)).print(table)
 
 
+@app.command("serve")
+def serve_command(
+    model: Optional[str] = ModelOption,
+    runtime: str = RuntimeOption,
+    profiles: Optional[Path] = typer.Option(None, "--profiles", help="A folder of profile YAML files to offer too."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (beyond loopback only with --api-key)."),
+    port: int = typer.Option(8000, "--port"),
+    api_key: Optional[str] = typer.Option(None, "--api-key", help="Require 'Authorization: Bearer KEY' on /v1."),
+    max_queue: int = typer.Option(8, "--max-queue", help="Requests that may wait; more get 429."),
+    device: str = DeviceOption,
+    dtype: str = DtypeOption,
+) -> None:
+    """Serve the model over the OpenAI API; every request picks its steering (model name MODEL+PROFILE)."""
+    from steerkit.server import serve
+
+    serve(model, runtime, profiles, host, port, api_key, max_queue, device, dtype, log=typer.echo)
+
+
 @app.command("patch")
 def patch_command(
     model_file: Path = typer.Argument(..., help="The GGUF to patch (never modified)."),

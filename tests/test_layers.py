@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 # Application layer: sits on the core and the runtimes.
 APPLICATION = {"steerkit", "steerkit.api", "steerkit.cli", "steerkit.chat", "steerkit.session", "steerkit.discovery",
-               "steerkit.evaluate"}
+               "steerkit.evaluate", "steerkit.server"}
 
 
 def _modules() -> dict[str, Path]:

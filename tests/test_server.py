@@ -1,0 +1,216 @@
+"""`steerkit serve` on the real default model, driven by the official openai client and plain HTTP."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+pytestmark = [pytest.mark.real, pytest.mark.slow]
+
+KEY = "test-key"
+QUESTION = [{"role": "user", "content": "What is your favourite animal?"}]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    import uvicorn
+
+    from steerkit.runtimes import load_backend
+    from steerkit.server import ServerState, create_app
+    from steerkit.sources import resolve_model
+
+    source = resolve_model()
+    state = ServerState(load_backend(source), "smollm2-135m", max_queue=2, api_key=KEY, source=source)
+    state.profiles.load_shipped()
+    port = _free_port()
+    instance = uvicorn.Server(uvicorn.Config(create_app(state), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=instance.run, daemon=True)
+    thread.start()
+    for _ in range(100):
+        if instance.started:
+            break
+        time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}", state
+    instance.should_exit = True
+    thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=server[0] + "/v1", api_key=KEY, max_retries=0)
+
+
+def _post(url: str, body, key: str | None = KEY, raw: bytes | None = None, path="/v1/chat/completions",
+          method="POST", content_type="application/json"):
+    data = raw if raw is not None else json.dumps(body).encode()
+    request = urllib.request.Request(url + path, data=data, method=method, headers={"Content-Type": content_type})
+    if key:
+        request.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def _ask(client, model, **kwargs) -> str:
+    answer = client.chat.completions.create(model=model, messages=QUESTION, max_tokens=24, **kwargs)
+    return answer.choices[0].message.content
+
+
+def test_models_and_profiles_are_listed(client, server):
+    ids = [m.id for m in client.models.list().data]
+    assert ids[0] == "smollm2-135m" and "smollm2-135m+dog" in ids and "smollm2-135m+dog-clamp" in ids
+    status, listing = _post(server[0], None, path="/v1/profiles", method="GET", raw=b"")
+    dog = next(p for p in listing["data"] if p["name"] == "dog")
+    assert status == 200 and dog["neurons"] == ["29:808", "20:633"] and dog["measured"]["mention_steered"] > 0.5
+
+
+def test_steered_answers_match_generate_and_nothing_leaks(client):
+    plain = _ask(client, "smollm2-135m", temperature=0)
+    sampled = _ask(client, "smollm2-135m", seed=7)
+    steered = _ask(client, "smollm2-135m+dog", temperature=0)
+    assert "dog" in steered.lower() and "dog" not in plain.lower(), (steered, plain)
+    # The same through the body's extension object, and streamed.
+    stream = client.chat.completions.create(model="smollm2-135m", messages=QUESTION, max_tokens=24, temperature=0,
+                                            stream=True, extra_body={"steerkit": {"profiles": ["dog"]}})
+    assert "".join(c.choices[0].delta.content or "" for c in stream) == steered
+    _ask(client, "smollm2-135m+dog-clamp@0.5+no-music", temperature=0)
+    assert _ask(client, "smollm2-135m", temperature=0) == plain  # nothing leaks between requests
+    assert _ask(client, "smollm2-135m", seed=7) == sampled
+    cli = subprocess.run([sys.executable, "-m", "steerkit.cli", "generate", QUESTION[0]["content"], "-p", "dog",
+                          "-t", "0", "-n", "24"], capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 0 and cli.stdout.strip() == steered.strip(), (cli.stdout, cli.stderr)
+
+
+def test_usage_stop_and_length(client):
+    answer = client.chat.completions.create(model="smollm2-135m", messages=QUESTION, max_tokens=5, temperature=0)
+    assert answer.choices[0].finish_reason == "length" and answer.usage.completion_tokens == 5
+    assert answer.usage.prompt_tokens > 5
+    full = _ask(client, "smollm2-135m", temperature=0)
+    cut = full.split()[3]
+    stopped = client.chat.completions.create(model="smollm2-135m", messages=QUESTION, max_tokens=24, temperature=0,
+                                             stop=[cut])
+    assert stopped.choices[0].finish_reason == "stop" and stopped.choices[0].message.content == full[:full.index(cut)]
+
+
+@pytest.mark.parametrize("body, status, words", [
+    ({"model": "smollm2-135m+nope", "messages": QUESTION}, 404, "unknown profile"),
+    ({"model": "gpt-9", "messages": QUESTION}, 404, "unknown model"),
+    ({"model": "smollm2-135m+../etc/passwd", "messages": QUESTION}, 400, "not a profile name"),
+    ({"model": "smollm2-135m+dog@nan", "messages": QUESTION}, 400, "not a finite number"),
+    ({"model": "smollm2-135m", "messages": "hi"}, 400, "messages"),
+    ({"model": "smollm2-135m", "messages": [{"role": "robot", "content": "x"}]}, 400, "messages[0]"),
+    ({"model": "smollm2-135m", "messages": QUESTION, "max_tokens": 0}, 400, "max tokens"),
+    ({"model": "smollm2-135m", "messages": QUESTION, "max_tokens": "ten"}, 400, "max tokens"),
+    ({"model": "smollm2-135m", "messages": QUESTION, "temperature": -1}, 400, "temperature"),
+    ({"model": "smollm2-135m", "messages": QUESTION, "steerkit": {"profiles": [3]}}, 400, "steerkit.profiles"),
+    ({"model": "smollm2-135m", "messages": [{"role": "user", "content": "hi " * 2000}]}, 400, "context"),
+    ([1, 2], 400, "JSON object"),
+])
+def test_bad_requests_get_one_openai_error_and_the_server_keeps_serving(server, client, body, status, words):
+    code, answer = _post(server[0], body)
+    assert code == status and words in answer["error"]["message"] and set(answer["error"]) >= {"type", "message"}
+    assert client.chat.completions.create(model="smollm2-135m", messages=QUESTION, max_tokens=2).choices
+
+
+def test_transport_errors(server):
+    url = server[0]
+    assert _post(url, None, raw=b"{not json")[0] == 400
+    assert _post(url, None, raw=b"x" * (2 << 20))[0] == 413
+    code, answer = _post(url, {"model": "smollm2-135m", "messages": QUESTION}, key=None)
+    assert code == 401 and answer["error"]["code"] == "invalid_api_key"
+    assert _post(url, {"model": "smollm2-135m", "messages": QUESTION}, key="wrong")[0] == 401
+
+
+def test_profiles_can_be_added_and_removed(server, client):
+    from steerkit.api import load_profile
+    from steerkit.profile import dump_profile
+
+    url = server[0]
+    text = dump_profile(load_profile("dog")).replace("name: dog", "name: my-dog", 1)
+    code, added = _post(url, None, raw=text.encode(), path="/v1/profiles", content_type="application/yaml")
+    assert code == 201 and added["name"] == "my-dog"
+    assert "dog" in _ask(client, "smollm2-135m+my-dog", temperature=0).lower()
+    code, error = _post(url, None, raw=b"steerkit: 1\nname: x\nmodel: {arch: llama}\nedits: []\n",
+                        path="/v1/profiles", content_type="application/yaml")
+    assert code == 400 and error["error"]["message"] == "profile.yaml:3: model: missing required field 'd_ff'"
+    assert _post(url, None, raw=text.encode(), path="/v1/profiles", key=None)[0] == 401
+    assert _post(url, None, raw=b"", path="/v1/profiles/my-dog", method="DELETE")[0] == 200
+    assert _post(url, {"model": "smollm2-135m+my-dog", "messages": QUESTION})[0] == 404
+
+
+def test_a_full_queue_answers_429(server):
+    url, state = server
+    results = []
+
+    def slow():
+        results.append(_post(url, {"model": "smollm2-135m", "messages": QUESTION, "max_tokens": 120})[0])
+
+    threads = [threading.Thread(target=slow) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)
+    code, answer = _post(url, {"model": "smollm2-135m", "messages": QUESTION, "max_tokens": 2})
+    for thread in threads:
+        thread.join()
+    assert code == 429 and answer["error"]["type"] == "rate_limit_error"
+    assert results == [200, 200] and state.waiting == 0
+
+
+def test_playground_in_a_real_browser(server):
+    """Open the page in headless Chromium, pick dog, ask, and find a steered answer about dogs next to the other."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver_path):
+        pytest.skip("Debian's chromium and chromium-driver are not installed")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1200,900"):
+        options.add_argument(flag)
+    browser = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        browser.get(server[0] + "/")
+        key = browser.find_element(By.ID, "key")
+        key.send_keys(KEY)
+        browser.execute_script("document.getElementById('key').dispatchEvent(new Event('change'))")
+        WebDriverWait(browser, 30).until(lambda b: b.find_elements(By.CSS_SELECTOR, "input[data-profile='dog']"))
+        browser.find_element(By.CSS_SELECTOR, "input[data-profile='dog']").click()
+        links = [a.get_attribute("href") for a in browser.find_elements(By.CSS_SELECTOR, "#profiles a")]
+        assert any(link.endswith("/atlas#29:808") for link in links)
+        browser.find_element(By.ID, "send").click()
+        WebDriverWait(browser, 300).until(lambda b: b.find_element(By.TAG_NAME, "body").get_attribute("data-done"))
+        plain = browser.find_element(By.ID, "plain").text
+        steered = browser.find_element(By.ID, "steered").text
+        artifacts = Path(os.environ.get("STEERKIT_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
+        artifacts.mkdir(parents=True, exist_ok=True)
+        browser.execute_script("document.querySelector('.answers').scrollIntoView({block: 'end'})")
+        browser.save_screenshot(str(artifacts / "playground.png"))
+    finally:
+        browser.quit()
+    assert plain.strip() and steered.strip() and plain != steered, (plain, steered)
+    assert "dog" in steered.lower(), steered
