@@ -82,11 +82,16 @@ def next_token(logits: np.ndarray, answer: list[int], sampling: Sampling, rng: n
     scaled = (logits - logits.max()) / sampling.temperature
     probs = np.exp(scaled)
     probs /= probs.sum()
-    if sampling.top_p < 1.0:
-        order = np.argsort(-probs, kind="stable")
-        cumulative = np.cumsum(probs[order])
-        keep = order[: int(np.searchsorted(cumulative, sampling.top_p)) + 1]  # smallest set reaching top_p
-        kept = np.zeros_like(probs)
-        kept[keep] = probs[keep]
-        probs = kept / kept.sum()
-    return int(rng.choice(len(probs), p=probs))
+    if sampling.top_p >= 1.0:
+        return int(rng.choice(len(probs), p=probs))
+    # The smallest set of most likely tokens reaching top_p. Usually a few hundred tokens hold it, so
+    # sort those first (argpartition is linear) and sort the whole vocabulary only when they do not.
+    for size in (min(256, len(probs)), len(probs)):
+        head = np.argpartition(-probs, size - 1)[:size] if size < len(probs) else np.arange(len(probs))
+        head = head[np.argsort(-probs[head], kind="stable")]
+        cumulative = np.cumsum(probs[head])
+        if cumulative[-1] >= sampling.top_p or size == len(probs):
+            break
+    keep = head[: int(np.searchsorted(cumulative, sampling.top_p)) + 1]
+    kept = probs[keep]
+    return int(keep[rng.choice(len(keep), p=kept / kept.sum())])

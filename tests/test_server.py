@@ -195,11 +195,12 @@ def test_playground_in_a_real_browser(server):
     browser = webdriver.Chrome(service=Service(driver_path), options=options)
     try:
         browser.get(server[0] + "/")
-        key = browser.find_element(By.ID, "key")
-        key.send_keys(KEY)
+        browser.find_element(By.ID, "key").send_keys(KEY)
         browser.execute_script("document.getElementById('key').dispatchEvent(new Event('change'))")
-        WebDriverWait(browser, 30).until(lambda b: b.find_elements(By.CSS_SELECTOR, "input[data-profile='dog']"))
-        browser.find_element(By.CSS_SELECTOR, "input[data-profile='dog']").click()
+        dog = "input[data-profile='dog']"
+        WebDriverWait(browser, 30).until(lambda b: b.find_elements(By.CSS_SELECTOR, dog))
+        WebDriverWait(browser, 30).until(lambda b: b.execute_script(
+            f"const box = document.querySelector(\"{dog}\"); if (box && !box.checked) box.click(); return box && box.checked;"))
         links = [a.get_attribute("href") for a in browser.find_elements(By.CSS_SELECTOR, "#profiles a")]
         assert any(link.endswith("/atlas#29:808") for link in links)
         browser.find_element(By.ID, "send").click()
