@@ -366,13 +366,14 @@ def serve_command(
     port: int = typer.Option(8000, "--port"),
     api_key: Optional[str] = typer.Option(None, "--api-key", help="Require 'Authorization: Bearer KEY' on /v1."),
     max_queue: int = typer.Option(8, "--max-queue", help="Requests that may wait; more get 429."),
+    max_loaded: int = typer.Option(2, "--max-loaded", help="llama.cpp: patched copies kept loaded (least recently used go)."),
     device: str = DeviceOption,
     dtype: str = DtypeOption,
 ) -> None:
     """Serve the model over the OpenAI API; every request picks its steering (model name MODEL+PROFILE)."""
-    from steerkit.server import serve
+    from steerkit.serving import serve
 
-    serve(model, runtime, profiles, host, port, api_key, max_queue, device, dtype, log=typer.echo)
+    serve(model, runtime, profiles, host, port, api_key, max_queue, device, dtype, max_loaded, log=typer.echo)
 
 
 @app.command("patch")

@@ -7,7 +7,15 @@ from pathlib import Path
 
 from steerkit.errors import SteerkitError
 
-__all__ = ["builtin_prompts", "read_prompts", "reference_text", "PROMPT_SETS"]
+__all__ = ["builtin_prompts", "read_prompts", "reference_text", "PROMPT_SETS", "RawText"]
+
+
+class RawText(str):
+    """A prompt continued as it is, without the chat template (what ``/v1/completions`` sends).
+
+    Backends take a user message (``str``), a chat history (a list of
+    ``{"role", "content"}``) or this.
+    """
 
 PROMPT_SETS = {
     "neutral": "neutral_prompts.txt",  # evaluation of promoting profiles: nothing leads to a topic

@@ -43,6 +43,9 @@ def gguf(tmp_path):
         (["generate", "hi", "-r", "onnx"], "unknown runtime 'onnx'"),
         (["chat", "-n", "0"], "max tokens"),
         (["neuron", "1:" + "9" * 5000], "expected LAYER:INDEX"),
+        (["serve", "--host", "0.0.0.0"], "needs --api-key"),
+        (["serve", "--host", "example.org", "--api-key", "k"], "expected an IP address"),
+        (["serve", "--max-queue", "0"], "--max-queue"),
     ],
 )
 def test_bad_input_is_one_line(gguf, args, message):

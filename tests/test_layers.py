@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 # Application layer: sits on the core and the runtimes.
 APPLICATION = {"steerkit", "steerkit.api", "steerkit.cli", "steerkit.chat", "steerkit.session", "steerkit.discovery",
-               "steerkit.evaluate", "steerkit.server"}
+               "steerkit.evaluate"}
 
 
 def _modules() -> dict[str, Path]:
@@ -57,7 +57,7 @@ def _imports(name: str) -> set[str]:
 
 
 def _layer(name: str) -> int:
-    if name in APPLICATION:
+    if name in APPLICATION or name.startswith("steerkit.serving"):
         return 2
     return 1 if name.startswith("steerkit.runtimes") else 0
 

@@ -12,6 +12,8 @@ import urllib.error
 import urllib.request
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
@@ -30,7 +32,7 @@ def server():
     import uvicorn
 
     from steerkit.runtimes import load_backend
-    from steerkit.server import ServerState, create_app
+    from steerkit.serving import ServerState, create_app
     from steerkit.sources import resolve_model
 
     source = resolve_model()
@@ -70,7 +72,8 @@ def _post(url: str, body, key: str | None = KEY, raw: bytes | None = None, path=
 
 
 def _ask(client, model, **kwargs) -> str:
-    answer = client.chat.completions.create(model=model, messages=QUESTION, max_tokens=24, **kwargs)
+    kwargs.setdefault("max_tokens", 24)
+    answer = client.chat.completions.create(model=model, messages=QUESTION, **kwargs)
     return answer.choices[0].message.content
 
 
@@ -97,6 +100,18 @@ def test_steered_answers_match_generate_and_nothing_leaks(client):
     cli = subprocess.run([sys.executable, "-m", "steerkit.cli", "generate", QUESTION[0]["content"], "-p", "dog",
                           "-t", "0", "-n", "24"], capture_output=True, text=True, timeout=300)
     assert cli.returncode == 0 and cli.stdout.strip() == steered.strip(), (cli.stdout, cli.stderr)
+
+
+def test_plain_completions(client):
+    """/v1/completions continues raw text (no chat template), steered the same way, streamed or not."""
+    prompt = "My favourite animal is the"
+    plain = client.completions.create(model="smollm2-135m", prompt=prompt, max_tokens=12, temperature=0)
+    steered = client.completions.create(model="smollm2-135m+dog", prompt=prompt, max_tokens=12, temperature=0)
+    assert plain.object == "text_completion" and plain.choices[0].text and steered.choices[0].text != plain.choices[0].text
+    assert "dog" in steered.choices[0].text.lower(), steered.choices[0].text
+    stream = client.completions.create(model="smollm2-135m+dog", prompt=prompt, max_tokens=12, temperature=0, stream=True)
+    assert "".join(c.choices[0].text for c in stream) == steered.choices[0].text
+    assert steered.usage.completion_tokens <= 12 and steered.usage.prompt_tokens >= 5
 
 
 def test_usage_stop_and_length(client):
@@ -215,3 +230,115 @@ def test_playground_in_a_real_browser(server):
         browser.quit()
     assert plain.strip() and steered.strip() and plain != steered, (plain, steered)
     assert "dog" in steered.lower(), steered
+
+
+def test_a_client_that_disconnects_frees_its_slot(server):
+    """Closing a stream mid-answer stops the generation at its next token and frees the queue slot."""
+    import http.client
+
+    url, state = server
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    body = json.dumps({"model": "smollm2-135m", "messages": QUESTION, "max_tokens": 2000, "stream": True,
+                       "temperature": 0.7})
+    connection.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json",
+                                                              "Authorization": f"Bearer {KEY}"})
+    response = connection.getresponse()
+    assert response.status == 200 and response.readline().startswith(b"data: ")
+    started = time.perf_counter()
+    connection.close()
+    for _ in range(100):
+        if state.waiting == 0:
+            break
+        time.sleep(0.1)
+    assert state.waiting == 0, "the slot was not freed"
+    assert time.perf_counter() - started < 10  # far less than 2000 tokens take
+
+
+def _fuzz_bodies():
+    # hypothesis is imported with the module: importing it while the server thread compiles templates
+    # trips a CPython 3.11 race in the AST constructor.
+    scalar = st.one_of(st.none(), st.booleans(), st.integers(-3, 10), st.floats(allow_nan=True), st.text(max_size=12))
+    message = st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "assistant", "robot", 3]),
+                                     "content": st.one_of(st.text(max_size=30), st.integers())})
+    steer = st.fixed_dictionaries({}, optional={"profiles": st.lists(st.one_of(st.sampled_from(["dog", "nope", "../x"]),
+                                                                                scalar), max_size=3),
+                                                "strength": scalar, "enabled": scalar})
+    return st.fixed_dictionaries({}, optional={
+        "model": st.one_of(st.sampled_from(["smollm2-135m", "smollm2-135m+dog", "smollm2-135m+dog@2", "x+dog",
+                                            "smollm2-135m+dog@1e999", "smollm2-135m++"]), scalar),
+        "messages": st.one_of(st.lists(message, max_size=3), scalar),
+        "max_tokens": st.one_of(st.integers(-2, 4), scalar), "temperature": scalar, "top_p": scalar,
+        "seed": st.one_of(st.integers(-2, 2 ** 33), scalar), "stop": st.one_of(st.lists(scalar, max_size=5), scalar),
+        "stream": st.booleans(), "steerkit": st.one_of(steer, scalar),
+    })
+
+
+def test_fuzzed_requests_never_break_the_server(server, client):
+    """Random bodies get answers or one OpenAI error, never a 500; a steady client's answer never changes."""
+    url = server[0]
+    steady = _ask(client, "smollm2-135m+dog", temperature=0, max_tokens=6)
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(_fuzz_bodies())
+    def check(body):
+        if isinstance(body.get("max_tokens"), int) and body["max_tokens"] > 4:
+            body["max_tokens"] = 4
+        request = urllib.request.Request(url + "/v1/chat/completions", data=json.dumps(body).encode(), method="POST",
+                                         headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"})
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                status, raw = response.status, response.read()
+        except urllib.error.HTTPError as error:
+            status, raw = error.code, error.read()
+        assert status in (200, 400, 404), (status, raw[:300])
+        if status != 200:
+            assert set(json.loads(raw)["error"]) >= {"message", "type"}
+
+    check()
+    assert _ask(client, "smollm2-135m+dog", temperature=0, max_tokens=6) == steady
+
+
+def test_sigterm_finishes_the_request_in_flight_and_exits(tmp_path):
+    import signal
+
+    port = _free_port()
+    process = subprocess.Popen([sys.executable, "-m", "steerkit.cli", "serve", "--port", str(port)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.2)
+        results = []
+        thread = threading.Thread(target=lambda: results.append(_post(
+            f"http://127.0.0.1:{port}", {"model": "smollm2-135m", "messages": QUESTION, "max_tokens": 300,
+                                         "temperature": 0, "stop": ["never appears"]}, key=None)))
+        thread.start()
+        time.sleep(1.0)
+        assert thread.is_alive()  # the request is in flight when the signal comes
+        process.send_signal(signal.SIGTERM)
+        thread.join(timeout=120)
+        # uvicorn shuts down gracefully, then re-raises the signal so the exit status says SIGTERM.
+        assert process.wait(timeout=60) in (0, -signal.SIGTERM)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert results and results[0][0] == 200 and results[0][1]["choices"][0]["message"]["content"], results
+    assert "serving smollm2-135m on http://127.0.0.1" in process.stdout.read()
+
+
+def test_the_readme_curl_line(server):
+    """The README's curl request, sent to this server (plus the key it requires), answers about dogs."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = next(b for b in re.findall(r"```bash\n(.*?)```", readme, flags=re.S) if "steerkit serve" in b)
+    curl = block[block.index("curl "):].replace("\\\n", " ").strip()
+    curl = curl.replace("http://127.0.0.1:8000", server[0]) + f" -H 'Authorization: Bearer {KEY}'"
+    result = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=300)
+    answer = json.loads(result.stdout)
+    assert answer["model"] == "smollm2-135m+dog" and "dog" in answer["choices"][0]["message"]["content"].lower()

@@ -15,9 +15,23 @@ pytestmark = [pytest.mark.real, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _source_copy(target: Path) -> Path:
+    """The checkout's files (tracked, or new and not ignored), so no stale build/ folder leaks into the wheel."""
+    import shutil
+
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                            text=True, check=True).stdout.split("\n")
+    for name in filter(None, listed):
+        if (ROOT / name).is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, target / name)
+    return target
+
+
 def test_wheel_installs_and_runs_the_main_job(tmp_path):
     wheels = tmp_path / "wheels"
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(ROOT)],
+    source = _source_copy(tmp_path / "source")
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(source)],
                            capture_output=True, text=True, timeout=600)
     assert build.returncode == 0, build.stderr
     wheel = next(wheels.glob("steerkit-*.whl"))
@@ -26,6 +40,7 @@ def test_wheel_installs_and_runs_the_main_job(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "steerkit/runtimes/llamacpp/backend.py" in names and "steerkit/profiles/dog.yaml" in names
     assert "steerkit/data/reference.txt" in names and "steerkit/profiles/prompts/music.txt" in names
+    assert "steerkit/data/playground.html" in names and "steerkit/serving/app.py" in names
     assert not [n for n in names if n.startswith(("runtimes/", "profiles/", "tests/"))]
 
     # A fresh venv: the wheel installed alone, the dependencies seen through a path entry

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import torch
 
+from steerkit.prompts import RawText
 from steerkit.sampling import GREEDY, Sampling
 
 __all__ = ["build_inputs", "generate_text", "generate_kwargs", "text_streamer"]
@@ -14,11 +15,12 @@ __all__ = ["build_inputs", "generate_text", "generate_kwargs", "text_streamer"]
 def build_inputs(tokenizer, prompts: list, device: torch.device, chat: bool = True) -> dict[str, torch.Tensor]:
     """Tokenize prompts (chat template applied when the tokenizer has one), left-padded as a batch.
 
-    A prompt is a user message, or a chat history (a list of ``{"role", "content"}``).
+    A prompt is a user message, a chat history (a list of ``{"role", "content"}``), or
+    :class:`~steerkit.prompts.RawText`, tokenized as it is.
     """
     if chat and getattr(tokenizer, "chat_template", None):
         texts = [
-            tokenizer.apply_chat_template(
+            str(p) if isinstance(p, RawText) else tokenizer.apply_chat_template(
                 [{"role": "user", "content": p}] if isinstance(p, str) else p, tokenize=False, add_generation_prompt=True
             )
             for p in prompts

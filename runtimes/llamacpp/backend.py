@@ -21,6 +21,7 @@ from steerkit.version import __version__
 from steerkit.cache import cache_dir
 from steerkit.errors import SteerkitError
 from steerkit.plan import Plan
+from steerkit.prompts import RawText
 from steerkit.runtimes.base import Backend
 from steerkit.runtimes.llamacpp.model import LlamaCppModel
 from steerkit.runtimes.llamacpp.patch import write_patched
@@ -31,7 +32,6 @@ from steerkit.weights.gguf_reader import GGUFWeights
 
 __all__ = ["LlamaCppBackend", "patched_copy"]
 
-_LOADED_COPIES = 1  # patched copies kept loaded next to the plain model (memory: one model file each)
 
 
 def plan_key(plan: Plan) -> str:
@@ -51,7 +51,9 @@ def patched_copy(weights: GGUFWeights, plan: Plan) -> Path:
     return path
 
 
-def _messages(prompt) -> list[dict]:
+def _messages(prompt) -> list[dict] | RawText:
+    if isinstance(prompt, RawText):
+        return prompt
     return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
 
 
@@ -60,8 +62,11 @@ class LlamaCppBackend(Backend):
 
     name: ClassVar[str] = "llama.cpp"
 
-    def __init__(self, path: str | Path, label: str | None = None) -> None:
+    def __init__(self, path: str | Path, label: str | None = None, max_loaded: int = 1) -> None:
+        """``max_loaded``: patched copies kept loaded next to the plain model, least recently used
+        dropped first (memory: one model file each)."""
         super().__init__()
+        self.max_loaded = max(1, max_loaded)
         self.weights = GGUFWeights(Path(path), label)
         self.binding = self.weights.binding()
         self.label = label or str(path)
@@ -100,7 +105,7 @@ class LlamaCppBackend(Backend):
         if path == self.weights.path:
             return self._plain
         if path not in self._copies:
-            while len(self._copies) >= _LOADED_COPIES:
+            while len(self._copies) >= self.max_loaded:
                 self._copies.popitem(last=False)
             self._copies[path] = LlamaCppModel(path)
         self._copies.move_to_end(path)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from steerkit.errors import SteerkitError
+from steerkit.prompts import RawText
 from steerkit.sampling import GREEDY, Sampling, next_token
 
 __all__ = ["LlamaCppModel"]
@@ -74,11 +75,14 @@ class LlamaCppModel:
         self.llm.eval(list(rest_ids))
         return np.array(self.llm.scores[: len(prompt_ids) + len(rest_ids)], dtype=np.float32)
 
-    def chat_prompt_tokens(self, messages: list[dict]) -> list[int]:
-        """The tokens of ``messages`` under the file's chat template, ready for the answer (as chat() builds them)."""
+    def chat_prompt_tokens(self, messages: list[dict] | RawText) -> list[int]:
+        """The tokens of ``messages`` under the file's chat template, ready for the answer (as chat() builds them);
+        :class:`~steerkit.prompts.RawText` is tokenized as it is."""
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         llm = self.llm
+        if isinstance(messages, RawText):
+            return llm.tokenize(str(messages).encode("utf-8"), add_bos=True, special=False)
         template = llm.metadata.get("tokenizer.chat_template")
         if not template:
             return llm.tokenize("\n".join(m["content"] for m in messages).encode("utf-8"))
