@@ -17,6 +17,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -37,14 +38,16 @@ def free_port() -> int:
 
 
 def start(command: list[str], port: int) -> subprocess.Popen:
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = tempfile.TemporaryFile()  # not a pipe: llama.cpp's load log would fill it and block the server
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
     for _ in range(600):
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=1)
             return process
         except OSError:
             if process.poll() is not None:
-                raise SystemExit(f"server failed to start: {process.stderr.read()[-2000:]}")
+                log.seek(0)
+                raise SystemExit(f"server failed to start: {log.read()[-2000:].decode(errors='replace')}")
             time.sleep(0.2)
     process.kill()
     raise SystemExit("server did not start in 120 s")

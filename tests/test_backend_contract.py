@@ -137,3 +137,9 @@ def test_same_profile_same_tokens_in_every_backend(tmp_path_factory):
         print(f"{profile}: unsteered agree on {len(agreeing)}/{len(prompts)} prompts, steered on {len(same)} of them")
         assert len(agreeing) >= len(prompts) - 1
         assert same == agreeing, [(prompts[k], [a[1][k] for a in answers]) for k in set(agreeing) - set(same)]
+
+
+def test_a_prompt_beyond_the_context_is_refused_in_one_line(shipped_backend):
+    with pytest.raises(SteerkitError, match="exceed the context"):
+        shipped_backend.generate(["hi " * 9000], None, 8, GREEDY)
+    assert shipped_backend.generate(PROMPTS[:1], None, 2, GREEDY)[0][0]  # and it keeps answering

@@ -85,6 +85,16 @@ def test_models_and_profiles_are_listed(client, server):
     assert status == 200 and dog["neurons"] == ["29:808", "20:633"] and dog["measured"]["mention_steered"] > 0.5
 
 
+def test_playground_and_atlas_pages(server):
+    """The playground is one offline page; the atlas page it links to is served by the same server."""
+    with urllib.request.urlopen(server[0] + "/", timeout=60) as response:
+        page = response.read().decode()
+    assert "steerkit playground" in page and "http://" not in page and "https://" not in page  # no CDN
+    with urllib.request.urlopen(server[0] + "/atlas", timeout=600) as response:
+        atlas = response.read().decode()
+    assert "Neuron atlas" in atlas and "[29,808," in atlas and "location.hash" in atlas  # the dog link lands
+
+
 def test_steered_answers_match_generate_and_nothing_leaks(client):
     plain = _ask(client, "smollm2-135m", temperature=0)
     sampled = _ask(client, "smollm2-135m", seed=7)

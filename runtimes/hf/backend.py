@@ -7,6 +7,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from steerkit.errors import SteerkitError
 from steerkit.plan import Plan
 from steerkit.runtimes.base import Backend, Handle
 from steerkit.runtimes.hf.generate import build_inputs
@@ -61,6 +62,12 @@ class HFBackend(Backend):
 
     def _generate(self, prompts: list, plans: list[Plan | None], max_new_tokens: int, sampling: Sampling,
                   on_text: Callable[[str], None] | None) -> list[list[str]]:
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        if context:
+            longest = max(self.count_tokens(prompt, "")[0] for prompt in prompts)
+            if longest + max_new_tokens > context:
+                raise SteerkitError(f"prompt of {longest} tokens + {max_new_tokens} new tokens exceed the context of "
+                                    f"{context} tokens")
         if self.applied is not None:  # the applied hooks are on the model already
             plans = [None]
         return generate_rows(self.model, self.tokenizer, prompts, plans, max_new_tokens, progress=self.progress,

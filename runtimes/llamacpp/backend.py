@@ -32,6 +32,8 @@ from steerkit.weights.gguf_reader import GGUFWeights
 
 __all__ = ["LlamaCppBackend", "patched_copy"]
 
+_CONTEXT = 2048  # tokens of prompt + answer a request may use
+
 
 
 def plan_key(plan: Plan) -> str:
@@ -70,7 +72,8 @@ class LlamaCppBackend(Backend):
         self.weights = GGUFWeights(Path(path), label)
         self.binding = self.weights.binding()
         self.label = label or str(path)
-        self._plain = LlamaCppModel(self.weights.path)
+        self._plain = LlamaCppModel(self.weights.path, n_ctx=_CONTEXT, all_logits=False)
+        self._scorer: LlamaCppModel | None = None  # all-position logits, for nll(); loaded on first use
         self._copies: OrderedDict[Path, LlamaCppModel] = OrderedDict()
 
     @classmethod
@@ -107,7 +110,7 @@ class LlamaCppBackend(Backend):
         if path not in self._copies:
             while len(self._copies) >= self.max_loaded:
                 self._copies.popitem(last=False)
-            self._copies[path] = LlamaCppModel(path)
+            self._copies[path] = LlamaCppModel(path, n_ctx=_CONTEXT, all_logits=False)
         self._copies.move_to_end(path)
         return self._copies[path]
 
@@ -134,7 +137,9 @@ class LlamaCppBackend(Backend):
         return len(plain.chat_prompt_tokens(_messages(prompt))), len(answer_ids)
 
     def nll(self, prompts: list, answers: list[str]) -> list[float]:
-        plain = self._plain
+        if self._scorer is None:
+            self._scorer = LlamaCppModel(self.weights.path, n_ctx=_CONTEXT)
+        plain = self._scorer
         results = []
         for prompt, answer in zip(prompts, answers):
             prompt_ids = plain.chat_prompt_tokens(_messages(prompt))

@@ -17,18 +17,25 @@ __all__ = ["LlamaCppModel"]
 
 
 class LlamaCppModel:
-    """A GGUF loaded in llama.cpp (CPU), with all-position logits available."""
+    """A GGUF loaded in llama.cpp (CPU).
 
-    def __init__(self, path: str | Path, n_ctx: int = 1024, n_threads: int | None = None) -> None:
+    ``all_logits`` keeps the logits of every position (scoring, parity checks); without it only the
+    last position's are computed, which is what generation needs and saves the LM head over the
+    prompt (about 10 % of a short request).
+    """
+
+    def __init__(self, path: str | Path, n_ctx: int = 1024, n_threads: int | None = None,
+                 all_logits: bool = True) -> None:
         try:
             import llama_cpp
         except ImportError as exc:
             raise SteerkitError("the llama.cpp runtime needs llama-cpp-python (pip install llama-cpp-python)") from exc
         self.path = Path(path)
+        self.all_logits = all_logits
         # llama.cpp prints its load log on stderr from C; keep the terminal clean.
         with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
             try:
-                self.llm = llama_cpp.Llama(str(self.path), n_ctx=n_ctx, logits_all=True, verbose=False,
+                self.llm = llama_cpp.Llama(str(self.path), n_ctx=n_ctx, logits_all=all_logits, verbose=False,
                                            n_threads=n_threads or os.cpu_count())
             except ValueError as exc:
                 raise SteerkitError(f"{self.path}: llama.cpp cannot load this file ({exc})") from exc
@@ -110,7 +117,13 @@ class LlamaCppModel:
                                 f"{llm.n_ctx()} tokens")
         vocab = llama_cpp.llama_model_get_vocab(llm._model.model)
         rng = np.random.default_rng(sampling.seed)
-        logits = self.logits_prompt_steered(prompt, [], directions or {})[-1]
+        llm.reset()
+        self._apply_control_vector(directions or {})
+        try:
+            llm.eval(prompt)
+        finally:
+            self._apply_control_vector(None)
+        logits = self._last_logits()
         answer: list[int] = []
         shown = ""
         for _ in range(max_tokens):
@@ -123,7 +136,14 @@ class LlamaCppModel:
                 yield text[len(shown):]
                 shown = text
             llm.eval([token])
-            logits = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
+            logits = self._last_logits()
+
+    def _last_logits(self) -> np.ndarray:
+        """The logits after the last evaluated token."""
+        if self.all_logits:
+            return np.array(self.llm.scores[self.llm.n_tokens - 1], dtype=np.float32)
+        # Without logits_all, llama-cpp-python no longer copies them into ``scores``: read the context's output.
+        return np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.llm.n_vocab(),)).copy()
 
     def logits(self, token_ids: list[int]) -> np.ndarray:
         """Logits ``[len(token_ids), vocab]`` of one forward pass over ``token_ids`` from an empty cache."""

@@ -93,12 +93,17 @@ def create_app(state: ServerState):
         except ApiError as exc:
             return JSONResponse(exc.body(), status_code=exc.status)
 
-    async def read_json(request: Request) -> dict:
+    async def read_body(request: Request) -> bytes:
+        """The body, refused past 1 MiB however it is sent (a chunked body has no Content-Length)."""
         body = b""
         async for chunk in request.stream():
             body += chunk
             if len(body) > MAX_BODY_BYTES:
                 raise ApiError(413, f"request body over {MAX_BODY_BYTES} bytes")
+        return body
+
+    async def read_json(request: Request) -> dict:
+        body = await read_body(request)
         try:
             data = json.loads(body)
         except (ValueError, RecursionError):
@@ -133,11 +138,7 @@ def create_app(state: ServerState):
     @app.post("/v1/profiles")
     @endpoint
     async def add_profile(request: Request):
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_BODY_BYTES:
-                raise ApiError(413, f"request body over {MAX_BODY_BYTES} bytes")
+        body = await read_body(request)
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError:
