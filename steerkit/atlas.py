@@ -30,6 +30,8 @@ pass, see :func:`_chunk_lse`) are taken from each chunk while it is hot.
 
 from __future__ import annotations
 
+import hashlib
+
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,9 +218,17 @@ def build_atlas(reader: WeightReader, top_k: int = 10, progress: bool = True) ->
     return Atlas(meta, reader.tokens(), token_ids, probs, lse)
 
 
+ATLAS_FORMAT = 1  # bump when what an atlas holds or how it is computed changes
+
+
 def atlas_path(fingerprint: str, top_k: int) -> Path:
-    """Where the cached atlas of a model with this fingerprint lives."""
-    return cache_dir("atlas") / f"{fingerprint[:24]}-k{top_k}.npz"
+    """Where the cached atlas of a model with this fingerprint lives.
+
+    The key holds everything that determines the entry: the model file, ``top_k``, the atlas format
+    and the steerkit version, so an atlas written by other code is never read back.
+    """
+    code = hashlib.sha256(f"{ATLAS_FORMAT}|{__version__}".encode()).hexdigest()[:8]
+    return cache_dir("atlas") / f"{fingerprint[:24]}-k{top_k}-{code}.npz"
 
 
 def atlas_for(reader: WeightReader, top_k: int = 10, progress: bool = True) -> Atlas:

@@ -110,3 +110,23 @@ def test_decode_side_matches_plain_torch(vocab, top_k, gain_scale):
         assert torch.equal(ids[:, sign_index].long(), ref_ids)
         torch.testing.assert_close(lse[:, sign_index], ref_lse, rtol=1e-5, atol=1e-4)
         torch.testing.assert_close(probs[:, sign_index], (values - ref_lse[:, None]).exp(), rtol=1e-4, atol=1e-6)
+
+
+def test_a_changed_code_version_recomputes_the_cached_atlas(tmp_path, monkeypatch):
+    """Cache keys hold the format and steerkit version: an atlas written by other code is never read back."""
+    import steerkit.atlas as atlas_module
+    from steerkit.weights import open_weights
+    from tiny_models import save_gguf, tiny_model
+
+    reader = open_weights(str(save_gguf(tiny_model("llama"), tmp_path / "m.gguf")))
+    builds = []
+    real_build = atlas_module.build_atlas
+    monkeypatch.setattr(atlas_module, "build_atlas", lambda *a, **k: builds.append(1) or real_build(*a, **k))
+    atlas_module.atlas_for(reader, 5, progress=False)
+    atlas_module.atlas_for(reader, 5, progress=False)
+    assert len(builds) == 1  # cached
+    monkeypatch.setattr(atlas_module, "ATLAS_FORMAT", atlas_module.ATLAS_FORMAT + 1)
+    atlas_module.atlas_for(reader, 5, progress=False)
+    monkeypatch.setattr(atlas_module, "__version__", "9.9.9")
+    atlas_module.atlas_for(reader, 5, progress=False)
+    assert len(builds) == 3

@@ -60,3 +60,24 @@ def test_neuron_out_of_range(tmp_path):
 def test_hf_folder_without_config(tmp_path):
     with pytest.raises(SteerkitError, match="no config.json"):
         resolve_model(str(tmp_path))
+
+
+def test_a_changed_code_version_converts_the_gguf_again(tmp_path, monkeypatch):
+    """The transformers conversion of a GGUF is keyed by the file and the converting code's version."""
+    import steerkit.runtimes.hf.loader as loader
+    from steerkit.sources import ModelSource
+
+    source = ModelSource("m", "gguf", tmp_path / "m.gguf")
+    source.path.write_bytes(b"GGUF")
+    made = []
+
+    def convert(src, target):
+        made.append(target)
+        target.mkdir(parents=True)
+        (target / "model.safetensors").write_bytes(b"x")
+
+    monkeypatch.setattr(loader, "_convert_gguf", convert)
+    first = loader.hf_folder(source)
+    assert loader.hf_folder(source) == first and len(made) == 1
+    monkeypatch.setattr(loader, "CONVERSION_FORMAT", loader.CONVERSION_FORMAT + 1)
+    assert loader.hf_folder(source) != first and len(made) == 2

@@ -42,6 +42,10 @@ def test_wheel_installs_and_runs_the_main_job(tmp_path):
     assert "steerkit/data/reference.txt" in names and "steerkit/profiles/prompts/music.txt" in names
     assert "steerkit/data/playground.html" in names and "steerkit/serving/app.py" in names
     assert not [n for n in names if n.startswith(("runtimes/", "profiles/", "tests/"))]
+    # Every module of the checkout is in the wheel (the package list in pyproject.toml is explicit).
+    sources = {f"steerkit/{p.relative_to(ROOT / 'steerkit')}" for p in (ROOT / "steerkit").rglob("*.py")}
+    sources |= {f"steerkit/runtimes/{p.relative_to(ROOT / 'runtimes')}" for p in (ROOT / "runtimes").rglob("*.py")}
+    assert sources <= set(names), sorted(sources - set(names))
 
     # A fresh venv: the wheel installed alone, the dependencies seen through a path entry
     # (no .pth of this environment is processed there, so the editable checkout stays invisible).

@@ -7,6 +7,8 @@ loads take about a second and the model is an ordinary, saveable one.
 
 from __future__ import annotations
 
+import hashlib
+
 import shutil
 import tempfile
 from pathlib import Path
@@ -17,8 +19,11 @@ from steerkit.cache import cache_dir
 from steerkit.errors import SteerkitError
 from steerkit.fingerprint import file_sha256
 from steerkit.sources import ModelSource, resolve_model
+from steerkit.version import __version__
 
 __all__ = ["hf_folder", "load_model"]
+
+CONVERSION_FORMAT = 1  # bump when how a GGUF is converted for transformers changes
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
@@ -57,7 +62,8 @@ def hf_folder(model: str | ModelSource | None = None) -> Path:
     source = model if isinstance(model, ModelSource) else resolve_model(model)
     if source.kind == "hf":
         return source.path
-    target = cache_dir("hf") / file_sha256(source.path)[:24]
+    code = hashlib.sha256(f"{CONVERSION_FORMAT}|{__version__}".encode()).hexdigest()[:8]
+    target = cache_dir("hf") / f"{file_sha256(source.path)[:24]}-{code}"  # the file and the code that converted it
     if not (target / "model.safetensors").is_file():
         shutil.rmtree(target, ignore_errors=True)
         _convert_gguf(source, target)
