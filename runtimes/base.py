@@ -91,12 +91,21 @@ class Backend(ABC):
         if self._applied is not None:
             raise SteerkitError("a plan is already applied to this model; remove it first")
         self.check(plan)
+        take_off = self._steer(plan)
         self._applied = plan
 
         def undo() -> None:
+            take_off()
             self._applied = None
 
         return Handle(undo)
+
+    def _steer(self, plan: Plan) -> Callable[[], None]:
+        """Put ``plan`` on the model itself, for callers that use it directly; return how to take it off.
+
+        By default nothing: :meth:`generate` reads :attr:`applied`.
+        """
+        return lambda: None
 
     @property
     def applied(self) -> Plan | None:

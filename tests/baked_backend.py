@@ -1,6 +1,5 @@
 """A backend that bakes plans into a transformers model's weights instead of hooking them."""
 
-from steerkit.runtimes.base import Backend, Handle
 from steerkit.runtimes.hf.backend import HFBackend
 from steerkit.runtimes.hf.bake import bake
 
@@ -11,15 +10,9 @@ class BakedBackend(HFBackend):
     def check(self, plan):
         plan.merged()  # weights cannot tell prompt from answer: refuses position-restricted edits
 
-    def apply(self, plan):
-        handle = Backend.apply(self, plan)  # checks and remembers the plan
+    def _steer(self, plan):  # called by apply(); what it returns is called by remove()
         self._baked = bake(self.model, plan)
-
-        def remove():
-            self._baked.remove()  # bit-exact
-            handle.remove()
-
-        return Handle(remove)
+        return lambda: self._baked.remove()  # bit-exact
 
     def nll(self, prompts, answers):  # scores are the unsteered model's: unbake meanwhile
         if self.applied is None:

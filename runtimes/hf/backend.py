@@ -9,7 +9,7 @@ import numpy as np
 
 from steerkit.errors import SteerkitError
 from steerkit.plan import Plan
-from steerkit.runtimes.base import Backend, Handle
+from steerkit.runtimes.base import Backend
 from steerkit.runtimes.hf.generate import build_inputs
 from steerkit.runtimes.hf.hooks import attach
 from steerkit.runtimes.hf.loader import load_model
@@ -47,24 +47,21 @@ class HFBackend(Backend):
     def check(self, plan: Plan) -> None:
         return None
 
-    def apply(self, plan: Plan) -> Handle:
+    def _steer(self, plan: Plan) -> Callable[[], None]:
         """Hooks stay on the model until ``remove()``: the user's own ``model.generate`` is steered too."""
-        handle = super().apply(plan)
         self._hooks = attach(self.model, plan)
-        undo = handle._undo
 
-        def remove() -> None:
+        def take_off() -> None:
             self._hooks.remove()
             self._hooks = None
-            undo()
 
-        return Handle(remove)
+        return take_off
 
     def _generate(self, prompts: list, plans: list[Plan | None], max_new_tokens: int, sampling: Sampling,
                   on_text: Callable[[str], None] | None) -> list[list[str]]:
         context = getattr(self.model.config, "max_position_embeddings", None)
         if context:
-            longest = max(self.count_tokens(prompt, "")[0] for prompt in prompts)
+            longest = build_inputs(self.tokenizer, prompts, "cpu")["input_ids"].shape[1]  # padded: the longest
             if longest + max_new_tokens > context:
                 raise SteerkitError(f"prompt of {longest} tokens + {max_new_tokens} new tokens exceed the context of "
                                     f"{context} tokens")

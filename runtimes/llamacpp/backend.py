@@ -17,7 +17,6 @@ from typing import ClassVar
 
 import numpy as np
 
-from steerkit.version import __version__
 from steerkit.cache import cache_dir
 from steerkit.errors import SteerkitError
 from steerkit.plan import Plan
@@ -28,12 +27,13 @@ from steerkit.runtimes.llamacpp.patch import write_patched
 from steerkit.runtimes.llamacpp.prompt_vector import split_plan
 from steerkit.sampling import Sampling
 from steerkit.sources import ModelSource
+from steerkit.version import __version__
 from steerkit.weights.gguf_reader import GGUFWeights
 
 __all__ = ["LlamaCppBackend", "patched_copy"]
 
 _CONTEXT = 2048  # tokens of prompt + answer a request may use
-
+_SPLITS_KEPT = 64  # plans whose split (patched copy, prompt vector) is remembered
 
 
 def plan_key(plan: Plan) -> str:
@@ -75,6 +75,7 @@ class LlamaCppBackend(Backend):
         self._plain = LlamaCppModel(self.weights.path, n_ctx=_CONTEXT, all_logits=False)
         self._scorer: LlamaCppModel | None = None  # all-position logits, for nll(); loaded on first use
         self._copies: OrderedDict[Path, LlamaCppModel] = OrderedDict()
+        self._splits: OrderedDict[str, tuple[Path, dict[int, np.ndarray]]] = OrderedDict()
 
     @classmethod
     def accepts(cls, source: ModelSource, device: str) -> str | None:
@@ -96,8 +97,16 @@ class LlamaCppBackend(Backend):
         return cls(source.path, source.name)
 
     def _split(self, plan: Plan) -> tuple[Path, dict[int, np.ndarray]]:
+        # check() and generate() both need it for every request: remembered per plan (the file is re-checked).
+        key = plan_key(plan)
+        if key in self._splits and self._splits[key][0].is_file():
+            self._splits.move_to_end(key)
+            return self._splits[key]
         everywhere, directions = split_plan(self.weights, plan)
         path = self.weights.path if everywhere.is_empty else patched_copy(self.weights, everywhere)
+        self._splits[key] = (path, directions)
+        while len(self._splits) > _SPLITS_KEPT:
+            self._splits.popitem(last=False)
         return path, directions
 
     def check(self, plan: Plan) -> None:
