@@ -135,8 +135,12 @@ class Backend(ABC):
         """:meth:`generate` after the checks."""
 
     @abstractmethod
-    def nll(self, prompts: list[Prompt], answers: list[str]) -> list[float]:
-        """Mean NLL (nats/token) of each answer after its first token, given its prompt, under the *unsteered* model."""
+    def nll(self, prompts: list[Prompt], answers: list[str], first_token: bool = False) -> list[float]:
+        """Mean NLL (nats/token) of each answer given its prompt, under the *unsteered* model.
+
+        The answer's first token is left out unless ``first_token``: discovery's budget
+        asks whether the rest reads as language; evaluation scores the whole answer.
+        """
 
     @abstractmethod
     def count_tokens(self, prompt: Prompt, answer: str) -> tuple[int, int]:
@@ -145,6 +149,11 @@ class Backend(ABC):
     def activation_scale(self, text: str):
         """Per-neuron ``max |h|`` over ``text``, ``[n_layers, d_ff]`` (backends with ``measures_activations``)."""
         raise SteerkitError(f"the {self.name} backend cannot measure neuron activations")
+
+    def answer_states(self, prompts: list[Prompt], answers: list[str], layers: list[int]):
+        """The residual stream after each of ``layers``, averaged over the answers' tokens, ``[len(layers), d_model]``,
+        under the unsteered model (backends with ``measures_activations``)."""
+        raise SteerkitError(f"the {self.name} backend cannot measure the residual stream")
 
 
 # name -> "module:Class", in order of preference when choosing automatically (fastest first).

@@ -108,8 +108,11 @@ def load_backend(model: str | None = None, runtime: str | None = None, device: s
 
 def discover(word: str, model: str | Backend | None = None, suppress: bool = False,
              prompts: list[str] | None = None, log: Callable[[str], None] = lambda message: None,
-             progress: bool = False) -> Discovery:
+             progress: bool = False, positions: str = "prompt") -> Discovery:
     """Find and calibrate a profile for ``word`` on ``model`` (a steerkit name, a path or a backend).
+
+    ``positions="all"`` calibrates a promoting profile that acts at every position,
+    which ``patch_gguf`` can bake into weights (prompt-position profiles run in steerkit only).
 
     Returns a :class:`~steerkit.discovery.Discovery`: ``.profile`` (save it with
     :func:`steerkit.profile.save_profile`), ``.chosen`` and ``.sweep`` with the
@@ -129,7 +132,8 @@ def discover(word: str, model: str | Backend | None = None, suppress: bool = Fal
     atlas = atlas_for(reader, progress=progress)
     backend = model if isinstance(model, Backend) else load(model, needs=DISCOVERY_NEEDS)
     backend.progress = progress
-    return run_discovery(word, reader, atlas, backend, suppress=suppress, prompts=prompts, log=log)
+    return run_discovery(word, reader, atlas, backend, suppress=suppress, prompts=prompts, positions=positions,
+                         log=log)
 
 
 def patch_gguf(source: str | Path, profiles: ProfileLike | Sequence[ProfileLike], output: str | Path,

@@ -234,13 +234,16 @@ def chat_command(
 def _echo_discovery(found) -> None:
     calibration = found.profile.provenance["calibration"]
     base = found.baseline
-    typer.echo(f"{'setting':>16s}  mentions  nll    repetition  diversity  budget")
-    typer.echo(f"{'unsteered':>16s}  {base.mention_rate:8.2f}  {base.nll:5.2f}  {base.repetition:10.2f}  {base.diversity:9.2f}")
+    typer.echo(f"{'setting':>16s}  mentions  relevance  nll    repetition  diversity  score  budget")
+    typer.echo(f"{'unsteered':>16s}  {base.mention_rate:8.2f}  {'':9s}  {base.nll:5.2f}  {base.repetition:10.2f}"
+               f"  {base.diversity:9.2f}")
     for point in found.sweep:
         mark = "  <- chosen" if point is found.chosen else ""
         label = f"{point.setting.n_neurons} x {point.setting.multiple:g}"
-        typer.echo(f"{label:>16s}  {point.stats.mention_rate:8.2f}  {point.stats.nll:5.2f}  {point.stats.repetition:10.2f}"
-                   f"  {point.stats.diversity:9.2f}  {'ok' if point.in_budget else 'over'}{mark}")
+        summary = point.summary
+        typer.echo(f"{label:>16s}  {point.stats.mention_rate:8.2f}  {summary.relevance:9.2f}  {point.stats.nll:5.2f}"
+                   f"  {point.stats.repetition:10.2f}  {point.stats.diversity:9.2f}  {summary.score:5.2f}"
+                   f"  {'ok' if point.in_budget else 'over'}{mark}")
     typer.echo(f"{len(found.profile.edits)} edits, positions {found.profile.positions}; "
                f"calibrated in {calibration['seconds']} s")
 
@@ -254,6 +257,9 @@ def discover_command(
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="Calibration prompts, one per line (default: built in)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only print the profile path."),
     force: bool = typer.Option(False, "--force", help="Write the profile even when nothing inside the budget moved the concept."),
+    positions: str = typer.Option("prompt", "--positions",
+                                  help="prompt (steer the prompt; runs in steerkit) or all (every position: "
+                                       "`steerkit patch` can bake it into a GGUF)."),
 ) -> None:
     """Find the neurons for CONCEPT, calibrate their values on the model, and write a profile.
 
@@ -265,8 +271,10 @@ def discover_command(
     from steerkit.prompts import read_prompts
     from steerkit.weights import open_weights
 
+    if positions not in ("prompt", "all"):
+        raise SteerkitError(f"--positions: expected prompt or all, got {printable(positions)!r}")
     prompt_list = read_prompts(prompts) if prompts else None
-    found = discover(concept, model, suppress=suppress, prompts=prompt_list, progress=not quiet,
+    found = discover(concept, model, suppress=suppress, prompts=prompt_list, progress=not quiet, positions=positions,
                      log=(lambda message: None) if quiet else (lambda message: typer.echo(printable(message))))
     if not quiet:
         _echo_discovery(found)
@@ -288,8 +296,10 @@ def eval_command(
     runtime: str = RuntimeOption,
     device: str = DeviceOption,
 ) -> None:
-    """Mention rate and fluency of PROFILE on neutral prompts, against the unsteered model, over strengths (greedy)."""
+    """Score PROFILE on neutral prompts next to the alternatives: unsteered, prompting (a system message),
+    prompting plus the profile, and a mean-difference vector (greedy; scores by the unsteered model)."""
     from steerkit.api import load_profile
+    from steerkit.discovery import DISCOVERY_NEEDS
     from steerkit.evaluate import evaluate, profile_concept, write_report
     from steerkit.plan import check_binding
     from steerkit.prompts import read_prompts
@@ -302,15 +312,22 @@ def eval_command(
     reader = open_weights(model)
     check_binding(loaded, reader.binding())
     word = profile_concept(loaded, reader.tokens(), concept)
-    backend = load_backend(model, runtime, device)
+    # The mean-difference baseline needs a backend that reads the residual stream: automatic choice finds one.
+    backend = load_backend(model, runtime, device, needs=DISCOVERY_NEEDS if runtime == "auto" else ())
     backend.progress = True
-    report = evaluate(loaded, backend, word, prompt_list, max_new_tokens=max_tokens)
+    report = evaluate(loaded, backend, word, prompt_list, max_new_tokens=max_tokens, reader=reader,
+                      log=lambda message: typer.echo(message, err=True))
     write_report(report, output, output.with_suffix(".png"))
     typer.echo(f"{printable(report.profile)}: {report.goal} {report.concept!r} on {len(report.prompts)} prompts, "
                f"{max_tokens} tokens, runtime {backend.name}")
-    typer.echo("strength  mentions  nll    repetition  diversity")
-    for strength, stats in zip(report.strengths, report.stats):
-        typer.echo(f"{strength:8.2f}  {stats.mention_rate:8.2f}  {stats.nll:5.2f}  {stats.repetition:10.2f}  {stats.diversity:9.2f}")
+    typer.echo(f"{'':22s} {'mention':>7s} {'relevance':>9s} {'NLL':>5s} {'repeat':>6s}  "
+               f"{'concept':>7s} {'relevant':>8s} {'fluent':>6s} {'SCORE':>6s}")
+    for row in report.rows:
+        s = row.summary
+        typer.echo(f"{row.label:22s} {s.mention_rate:7.2f} {s.relevance:9.2f} {s.nll:5.2f} {s.repetition:6.2f}  "
+                   f"{s.concept_score:7.2f} {s.relevance_score:8.2f} {s.fluency_score:6.2f} {s.score:6.3f}")
+    for note in report.notes:
+        typer.echo(f"note: {note}")
     typer.echo(f"wrote {output} and {output.with_suffix('.png')}")
 
 

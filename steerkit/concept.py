@@ -9,6 +9,11 @@ no form spells as one token (``elephant`` might be ``Ġele`` + ``phant``) is
 scored on the longest vocabulary token that starts it, with its leading
 space: to write the word the model must first emit that piece, and a neuron
 promoting it promotes the word.  :attr:`Concept.note` says when that happened.
+
+A short phrase (``ice cream``, ``outer space``: up to :data:`MAX_WORDS` words)
+is scored on the tokens of each of its words, found as above (words of
+fewer than three letters are skipped), and counted in answers only as the
+whole phrase.
 """
 
 from __future__ import annotations
@@ -19,9 +24,12 @@ from dataclasses import dataclass
 from steerkit.errors import SteerkitError
 from steerkit.vocab import space_marker, word_variants
 
-__all__ = ["Concept", "concept_from_word"]
+__all__ = ["Concept", "concept_from_word", "MAX_WORDS", "MAX_LETTERS"]
 
 _MIN_PIECE_LETTERS = 3  # shorter first pieces ("Ġe") would stand for thousands of words
+MAX_WORDS = 4
+MAX_LETTERS = 64  # longer than any word a user means; bounds the regex and every file name built from it
+_WORD = r"[^\W\d_]+(?:[-'][^\W\d_]+)*"
 
 
 @dataclass(frozen=True)
@@ -36,7 +44,7 @@ class Concept:
     @property
     def pattern(self) -> re.Pattern:
         """Matches the word and its plural as whole words, any case."""
-        stem = re.escape(self.word.lower())
+        stem = r"\s+".join(re.escape(part) for part in self.word.lower().split())
         return re.compile(rf"\b{stem}(?:s|es)?\b", re.IGNORECASE)
 
     def mentioned_in(self, text: str) -> bool:
@@ -50,11 +58,24 @@ def concept_from_word(word: str, vocab: list[str]) -> Concept:
     >>> concept_from_word("dog", vocab).tokens      # doctest: +SKIP
     ('Dog', 'Dogs', 'dog', 'dogs', 'ĠDog', 'ĠDogs', 'Ġdog', 'Ġdogs')
     """
-    word = word.strip()
+    word = " ".join(word.split())
     if not word:
         raise SteerkitError("the concept word is empty: give a word such as 'dog'")
-    if not re.fullmatch(r"[^\W\d_]+(?:[-'][^\W\d_]+)*", word):
-        raise SteerkitError(f"concept {word!r}: expected one word made of letters (e.g. 'dog', 'Paris')")
+    if len(word) > MAX_LETTERS or not re.fullmatch(rf"{_WORD}(?: {_WORD}){{0,{MAX_WORDS - 1}}}", word):
+        raise SteerkitError(f"concept {word[:MAX_LETTERS]!r}: expected a word or a phrase of up to {MAX_WORDS} words "
+                            f"made of letters, at most {MAX_LETTERS} characters (e.g. 'dog', 'Paris', 'ice cream')")
+    parts = [part for part in word.split() if len(part) >= _MIN_PIECE_LETTERS] or word.split()
+    if len(parts) == 1 and " " not in word:
+        return _word_concept(word, vocab)
+    found = [_word_concept(part, vocab) for part in parts]
+    ids = tuple(dict.fromkeys(i for c in found for i in c.token_ids))
+    tokens = tuple(dict.fromkeys(t for c in found for t in c.tokens))
+    return Concept(word, ids, tokens, f"{word!r} is a phrase: scoring the tokens of {', '.join(repr(p) for p in parts)}; "
+                                      f"answers count only if they contain the whole phrase")
+
+
+def _word_concept(word: str, vocab: list[str]) -> Concept:
+    """The concept of one word: its single-token forms, or the longest token starting it."""
     marker = space_marker(vocab)
     try:
         pairs = word_variants(word, vocab)

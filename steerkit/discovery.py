@@ -13,11 +13,13 @@
    their diversity across prompts (distinct word pairs over all answers: it
    falls when every prompt gets the same answer, the sign of an edit that
    drowns the prompt).
-4. **Refinement**: where the next stronger multiple would name the concept
-   more often but leaves the budget, the geometric midpoint is tried too.
-5. **Choice**: the setting with the best mention rate (highest to promote,
-   lowest to suppress) whose fluency stays inside the budget
-   (:class:`Budget`); ties go to the more fluent setting.
+   Each answer is also scored as :mod:`steerkit.scoring` does for ``eval``:
+   concept, instruction relevance (the information the answer carries about
+   its own prompt) and fluency, combined per answer by harmonic mean.
+4. **Choice**: the setting with the best combined score whose fluency stays
+   inside the budget (:class:`Budget`); ties go to the better mention rate,
+   then the more fluent setting.  Choosing by mention rate alone picked
+   settings whose answers name the concept and stop answering the question.
 
 Promoting profiles *add* ``sign * multiple * unit`` to each neuron at the
 **prompt positions only**: the model then reads a prompt that leans towards
@@ -31,7 +33,6 @@ position**, since the concept must be held down wherever it would come up.
 from __future__ import annotations
 
 import hashlib
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,7 +44,8 @@ from steerkit.atlas import Atlas
 from steerkit.candidates import Candidate, rank_candidates
 from steerkit.concept import Concept, concept_from_word
 from steerkit.errors import SteerkitError
-from steerkit.metrics import AnswerStats, measure_plans
+from steerkit.metrics import AnswerStats, answer_stats
+from steerkit.scoring import Summary, score_answers, summarise
 from steerkit.plan import Plan, compile_plan
 from steerkit.profile import Edit, Profile
 from steerkit.prompts import builtin_prompts, reference_text
@@ -79,6 +81,7 @@ class SweepPoint:
     setting: Setting
     stats: AnswerStats
     in_budget: bool
+    summary: Summary | None = None  # concept, relevance, fluency and combined score (steerkit.scoring)
 
 
 @dataclass
@@ -111,21 +114,27 @@ class Discovery:
                 f"{self.baseline.mention_rate:.2f} unsteered); no profile written")
 
 
-PROMOTE_MULTIPLES = (8.0, 16.0, 32.0)
-SUPPRESS_MULTIPLES = (2.0, 4.0, 8.0)
+PROMOTE_MULTIPLES = (4.0, 8.0, 16.0, 32.0)
+# At every position an add acts on each answer token too: much smaller values before answers loop.
+PROMOTE_ALL_MULTIPLES = (0.5, 1.0, 2.0, 4.0)
+SUPPRESS_MULTIPLES = (2.0, 4.0, 8.0, 16.0)
 NEURON_COUNTS = (1, 2, 4, 8)
 DISCOVERY_NEEDS = ("measures_activations", "batches_rows")  # what discovery asks of a backend
 _MIN_UNIT = 0.05  # floor for neurons that barely fire on the reference text
 
 
 def profile_name(word: str, suppress: bool = False) -> str:
-    """The name of the profile for ``word``: ``dog``, or ``no-dog`` for a suppressing one."""
-    return f"{'no-' if suppress else ''}{word.strip().lower()}"
+    """The name of the profile for ``word``: ``dog``, ``ice-cream``, or ``no-dog`` for a suppressing one."""
+    return f"{'no-' if suppress else ''}{'-'.join(word.lower().split())}"
 
 
 def build_profile(concept: Concept, candidates: list[Candidate], units: np.ndarray, setting: Setting,
-                  suppress: bool, binding) -> Profile:
-    """The profile for one sweep setting (provenance is added by :func:`discover`)."""
+                  suppress: bool, binding, positions: str = "prompt") -> Profile:
+    """The profile for one sweep setting (provenance is added by :func:`discover`).
+
+    ``positions`` is where a promoting profile adds (``prompt``, or ``all``: what weights can
+    carry); a suppressing one always clamps at every position.
+    """
     edits = []
     for candidate in candidates[: setting.n_neurons]:
         unit = max(float(units[candidate.layer, candidate.neuron]), _MIN_UNIT)
@@ -133,28 +142,33 @@ def build_profile(concept: Concept, candidates: list[Candidate], units: np.ndarr
         edits.append(Edit(candidate.layer, candidate.neuron, "clamp" if suppress else "add", value,
                           candidate.tokens, round(candidate.score, 4)))
     verb = "Avoid" if suppress else "Talk about"
+    where = "on the prompt positions" if positions == "prompt" else "at every position"
     how = (f"clamps {len(edits)} neuron(s) that write {concept.word!r} against it at every position"
            if suppress else
-           f"adds to {len(edits)} neuron(s) that write {concept.word!r} on the prompt positions")
+           f"adds to {len(edits)} neuron(s) that write {concept.word!r} {where}")
     return Profile(
         name=profile_name(concept.word, suppress),
         model=binding,
         edits=edits,
         description=f"{verb} {concept.word}: {how} ({setting.multiple:g}x their peak on the reference text). "
                     f"Made by steerkit discover.",
-        positions="all" if suppress else "prompt",
+        positions="all" if suppress else positions,
     )
 
 
 def discover(word: str, reader: WeightReader, atlas: Atlas, backend, suppress: bool = False,
-             prompts: list[str] | None = None, budget: Budget = Budget(), max_new_tokens: int = 16,
+             prompts: list[str] | None = None, budget: Budget = Budget(), max_new_tokens: int = 20, positions: str = "prompt",
              log: Callable[[str], None] = lambda message: None) -> Discovery:
     """Find, calibrate and choose a profile for ``word`` (see the module doc for the method).
 
     ``backend`` is a :class:`steerkit.runtimes.base.Backend` that measures
     activations (the transformers one; it also batches the sweep).  ``prompts``
     default to the built-in calibration set (promote) or elicit set (suppress).
+    ``positions="all"`` makes a promoting profile that acts at every position,
+    so ``steerkit patch`` can bake it into a GGUF (its sweep uses smaller multiples).
     """
+    if positions not in ("prompt", "all"):
+        raise SteerkitError(f"positions: {positions!r} is not one of prompt, all")
     started = time.perf_counter()
     concept = concept_from_word(word, atlas.vocab)
     notes: list[str] = []
@@ -174,56 +188,53 @@ def discover(word: str, reader: WeightReader, atlas: Atlas, backend, suppress: b
     units = backend.activation_scale(reference_text())
     prompts = prompts or builtin_prompts("elicit" if suppress else "calibration")
 
-    def measure(settings: list[Setting], with_baseline: bool) -> list[AnswerStats]:
-        plans: list[Plan | None] = [None] if with_baseline else []
-        plans += [compile_plan([build_profile(concept, candidates, units, s, suppress, backend.binding)])
+    def measure(settings: list[Setting]) -> tuple[list[AnswerStats], list[Summary]]:
+        plans: list[Plan | None] = [None]
+        plans += [compile_plan([build_profile(concept, candidates, units, s, suppress, backend.binding, positions)])
                   for s in settings]
-        return measure_plans(backend, concept, prompts, plans, max_new_tokens)[1]
+        answers = backend.generate(prompts, plans, max_new_tokens)
+        scores = score_answers(backend, concept, prompts, answers)
+        stats = [answer_stats(concept, row, [s.nll for s in scored]) for row, scored in zip(answers, scores)]
+        return stats, [summarise(row, scores[0], suppress) for row in scores]
 
     def better(a: AnswerStats, b: AnswerStats) -> bool:
         return a.mention_rate < b.mention_rate if suppress else a.mention_rate > b.mention_rate
 
     settings = [Setting(n, m) for n in NEURON_COUNTS if n <= len(candidates)
-                for m in (SUPPRESS_MULTIPLES if suppress else PROMOTE_MULTIPLES)]
+                for m in (SUPPRESS_MULTIPLES if suppress else
+                          PROMOTE_ALL_MULTIPLES if positions == "all" else PROMOTE_MULTIPLES)]
     log(f"sweep: {len(settings)} settings x {len(prompts)} prompts, {max_new_tokens} tokens each")
-    baseline, *stats = measure(settings, with_baseline=True)
-    sweep = [SweepPoint(s, st, budget.allows(st, baseline)) for s, st in zip(settings, stats)]
-    # Refine where a stronger setting would do better but leaves the budget: try the geometric midpoint.
-    refine = []
-    for low, high in zip(sweep, sweep[1:]):
-        if (low.setting.n_neurons == high.setting.n_neurons and low.in_budget and not high.in_budget
-                and better(high.stats, low.stats)):
-            refine.append(Setting(low.setting.n_neurons, round(math.sqrt(low.setting.multiple * high.setting.multiple), 2)))
-    if refine:
-        log(f"refining: {len(refine)} settings between the last in budget and the first over it")
-        sweep += [SweepPoint(s, st, budget.allows(st, baseline)) for s, st in zip(refine, measure(refine, False))]
-        sweep.sort(key=lambda point: (point.setting.n_neurons, point.setting.multiple))
+    (baseline, *stats), (_, *summaries) = measure(settings)
+    sweep = [SweepPoint(s, st, budget.allows(st, baseline), sm) for s, st, sm in zip(settings, stats, summaries)]
 
     def goodness(point: SweepPoint) -> tuple:
         rate = -point.stats.mention_rate if suppress else point.stats.mention_rate
-        return (point.in_budget, rate, -point.stats.nll)
+        return (point.in_budget, round(point.summary.score, 6), rate, -point.stats.nll)
 
     chosen = max(sweep, key=goodness)
     if not chosen.in_budget:
-        note("no setting kept fluency inside the budget; chose the best mention rate regardless")
+        note("no setting kept fluency inside the budget; chose the best score regardless")
     elif not better(chosen.stats, baseline):
         note("no setting inside the fluency budget changed how often the concept is named: "
              "this model has no usable neurons for it (see the sweep)")
-    profile = build_profile(concept, candidates, units, chosen.setting, suppress, backend.binding)
+    profile = build_profile(concept, candidates, units, chosen.setting, suppress, backend.binding, positions)
     seconds = time.perf_counter() - started
     profile.provenance = _provenance(concept, candidates, baseline, sweep, chosen, budget, prompts, suppress,
-                                     seconds, notes, reader)
+                                     seconds, notes, reader, positions)
     return Discovery(profile, concept, candidates, baseline, sweep, chosen, seconds, notes)
 
 
 def _provenance(concept, candidates, baseline, sweep, chosen, budget, prompts, suppress, seconds, notes,
-                reader) -> dict:
+                reader, positions) -> dict:
     def row(point: SweepPoint) -> dict:
+        scores = {} if point.summary is None else {
+            "relevance": round(point.summary.relevance, 4), "score": round(point.summary.score, 4)}
         return {"neurons": point.setting.n_neurons, "multiple": point.setting.multiple, **point.stats.as_dict(),
-                "in_budget": point.in_budget}
+                **scores, "in_budget": point.in_budget}
 
     return {
-        "method": f"steerkit discover {'--suppress ' if suppress else ''}{concept.word}",
+        "method": (f"steerkit discover {'--suppress ' if suppress else ''}"
+                   f"{'--positions all ' if positions == 'all' and not suppress else ''}{concept.word}"),
         "goal": "suppress" if suppress else "promote",
         "steerkit_version": __version__,
         "model": reader.info.label,

@@ -1,24 +1,30 @@
-"""How well a profile steers: mention rate and fluency against the unsteered model, over a strength sweep.
+"""How well a profile steers, next to what a user would do instead.
 
-``steerkit eval`` answers a prompt set at several strengths (strength 0 is the
-unsteered model) and reports, for each, the concept mention rate and the
-fluency figures of :mod:`steerkit.metrics`.  Results go to JSON and a PNG plot.
+``steerkit eval`` answers a prompt set with the profile at several strengths
+and with the alternatives -- the unsteered model, prompting (a system message
+asking for the concept), prompting plus the profile, and a mean-difference
+vector for the same concept -- and scores every answer on concept,
+instruction relevance and fluency (:mod:`steerkit.scoring`).  Results go to
+JSON and a PNG plot.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from steerkit.cache import atomic_write
 from steerkit.concept import Concept, concept_from_word
-from steerkit.metrics import AnswerStats, measure_plans
-from steerkit.plan import compile_plan
+from steerkit.diffmean import concept_messages, diffmean_profile
+from steerkit.metrics import AnswerStats, answer_stats
+from steerkit.plan import Plan, compile_plan
 from steerkit.profile import Profile
 from steerkit.prompts import builtin_prompts
+from steerkit.scoring import NLL_SPAN, OTHER_PROMPTS, REPETITION_SPAN, Summary, score_answers, summarise
 
-__all__ = ["EvalReport", "profile_goal", "profile_concept", "evaluate", "write_report"]
+__all__ = ["EvalReport", "Row", "METHODS", "profile_goal", "profile_concept", "evaluate", "write_report"]
 
 STRENGTHS = (0.0, 0.5, 1.0, 1.5)
 
@@ -41,45 +47,121 @@ def profile_concept(profile: Profile, vocab: list[str], word: str | None = None)
     return concept_from_word(word, vocab)
 
 
+METHODS = ("unsteered", "profile", "prompting", "prompting+profile", "mean-difference")
+DIFFMEAN_STRENGTHS = (0.5, 1.0, 2.0)
+
+
+@dataclass
+class Row:
+    """One way of answering the prompts: a method at a strength, its answers and their figures."""
+
+    method: str  # one of METHODS
+    strength: float  # the profile's (or mean-difference vector's) strength; 0 where nothing is steered
+    stats: AnswerStats  # discovery's figures (mention rate, NLL, repetition, diversity): what its budget judges
+    summary: Summary  # concept, relevance, fluency and the combined score (steerkit.scoring)
+    answers: list[str]
+
+    @property
+    def label(self) -> str:
+        return self.method if self.method in ("unsteered", "prompting") else f"{self.method} x{self.strength:g}"
+
+    def as_dict(self) -> dict:
+        return {"method": self.method, "strength": self.strength, **self.summary.as_dict(),
+                "diversity": round(self.stats.diversity, 4)}
+
+
 @dataclass
 class EvalReport:
-    """Figures per strength (strength 0 = unsteered) on one prompt set."""
+    """Every method's figures on one prompt set (see :func:`evaluate`)."""
 
     profile: str
     concept: str
     goal: str
     prompts: list[str]
-    strengths: list[float]
-    stats: list[AnswerStats]
-    answers: list[list[str]]
+    rows: list[Row]
     max_new_tokens: int
+    notes: list[str]
+
+    @property
+    def sweep(self) -> list[Row]:
+        """The unsteered row and the profile at each strength, by strength."""
+        return sorted((r for r in self.rows if r.method in ("unsteered", "profile")), key=lambda r: r.strength)
+
+    @property
+    def strengths(self) -> list[float]:
+        return [r.strength for r in self.sweep]
+
+    @property
+    def stats(self) -> list[AnswerStats]:
+        return [r.stats for r in self.sweep]
+
+    @property
+    def answers(self) -> list[list[str]]:
+        return [r.answers for r in self.sweep]
 
     def at(self, strength: float) -> AnswerStats:
+        """Discovery's figures of the profile at ``strength`` (0: unsteered)."""
         return self.stats[self.strengths.index(strength)]
+
+    def row(self, method: str, strength: float | None = None) -> Row:
+        """The row of ``method`` (at ``strength``, else its best-scoring one)."""
+        rows = [r for r in self.rows if r.method == method and (strength is None or r.strength == strength)]
+        if not rows:
+            raise KeyError(f"no {method!r} row" + (f" at strength {strength:g}" if strength is not None else ""))
+        return max(rows, key=lambda r: r.summary.score)
 
     def as_dict(self) -> dict:
         return {
             "profile": self.profile, "concept": self.concept, "goal": self.goal,
-            "max_new_tokens": self.max_new_tokens, "prompts": self.prompts,
-            "sweep": [{"strength": s, **st.as_dict()} for s, st in zip(self.strengths, self.stats)],
-            "answers": {str(s): a for s, a in zip(self.strengths, self.answers)},
+            "max_new_tokens": self.max_new_tokens, "prompts": self.prompts, "notes": self.notes,
+            "scoring": {"nll_span": NLL_SPAN, "repetition_span": REPETITION_SPAN, "other_prompts": OTHER_PROMPTS},
+            "rows": [r.as_dict() for r in self.rows],
+            "answers": {r.label: r.answers for r in self.rows},
         }
 
 
 def evaluate(profile: Profile, backend, concept: Concept, prompts: list[str] | None = None,
-             strengths: tuple[float, ...] = STRENGTHS, max_new_tokens: int = 40) -> EvalReport:
+             strengths: tuple[float, ...] = STRENGTHS, max_new_tokens: int = 40, baselines: bool = True,
+             reader=None, log: Callable[[str], None] = lambda message: None) -> EvalReport:
     """Answer ``prompts`` (default: the built-in neutral set, or the elicit set for suppressing profiles)
-    at each strength and summarise each set of answers."""
+    greedily with the profile at each strength and, with ``baselines``, with the alternatives a user has:
+    prompting (a system message), prompting plus the profile, and a mean-difference vector for the same
+    concept (built when the backend measures the residual stream and ``reader`` is given).  Every row is
+    scored on the same prompts by the unsteered model (:mod:`steerkit.scoring`)."""
     goal = profile_goal(profile)
-    prompts = prompts or builtin_prompts("elicit" if goal == "suppress" else "neutral")
-    strengths = tuple(sorted({0.0, *strengths}))
-    plans = [None if s == 0 else compile_plan([profile], backend.binding, s) for s in strengths]
-    answers, stats = measure_plans(backend, concept, prompts, plans, max_new_tokens)
-    return EvalReport(profile.name, concept.word, goal, prompts, list(strengths), stats, answers, max_new_tokens)
+    suppress = goal == "suppress"
+    prompts = prompts or builtin_prompts("elicit" if suppress else "neutral")
+    notes: list[str] = []
+    plain: list[tuple[str, float, Plan | None]] = [("unsteered", 0.0, None)]
+    plain += [("profile", s, compile_plan([profile], backend.binding, s)) for s in sorted(set(strengths) - {0.0})]
+    prompted: list[tuple[str, float, Plan | None]] = []
+    if baselines:
+        prompted = [("prompting", 0.0, None), ("prompting+profile", 1.0, compile_plan([profile], backend.binding))]
+        if backend.measures_activations and reader is not None:
+            log("building the mean-difference baseline")
+            vector = diffmean_profile(concept.word, backend, reader, builtin_prompts("calibration"), max_new_tokens)
+            sign = -1.0 if suppress else 1.0
+            plain += [("mean-difference", s, compile_plan([vector], backend.binding, sign * s))
+                      for s in DIFFMEAN_STRENGTHS]
+        else:
+            notes.append(f"mean-difference baseline left out: the {backend.name} backend cannot measure the "
+                         f"residual stream (use --runtime hf)")
+    log(f"answering {len(prompts)} prompts {len(plain) + len(prompted)} ways")
+    answers = backend.generate(prompts, [plan for _, _, plan in plain], max_new_tokens)
+    if prompted:
+        answers += backend.generate([concept_messages(p, concept.word, suppress) for p in prompts],
+                                    [plan for _, _, plan in prompted], max_new_tokens)
+    log("scoring the answers with the unsteered model")
+    scores = score_answers(backend, concept, prompts, answers)
+    rows = []
+    for k, ((method, strength, _), row) in enumerate(zip(plain + prompted, answers)):
+        stats = answer_stats(concept, row, [s.nll for s in scores[k]])
+        rows.append(Row(method, strength, stats, summarise(scores[k], scores[0], suppress), row))
+    return EvalReport(profile.name, concept.word, goal, prompts, rows, max_new_tokens, notes)
 
 
 def write_report(report: EvalReport, json_path: Path, png_path: Path | None) -> None:
-    """Write the report as JSON and (optionally) a PNG plot of mention rate and fluency against strength."""
+    """Write the report as JSON and (optionally) a PNG: each row's concept, relevance, fluency and combined score."""
     with atomic_write(json_path, suffix=".json") as tmp:
         tmp.write_text(json.dumps(report.as_dict(), indent=1, ensure_ascii=False), encoding="utf-8")
     if png_path is None:
@@ -88,21 +170,21 @@ def write_report(report: EvalReport, json_path: Path, png_path: Path | None) -> 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
-    figure, mention_axis = plt.subplots(figsize=(6, 3.6), dpi=110)
-    mention_axis.plot(report.strengths, [s.mention_rate for s in report.stats], "o-", color="tab:blue",
-                      label=f"mentions of {report.concept!r}")
-    mention_axis.set_xlabel("strength (0 = unsteered)")
-    mention_axis.set_ylabel("mention rate", color="tab:blue")
-    mention_axis.set_ylim(-0.05, 1.05)
-    fluency_axis = mention_axis.twinx()
-    fluency_axis.plot(report.strengths, [s.nll for s in report.stats], "s--", color="tab:red", label="NLL (nats/token)")
-    fluency_axis.plot(report.strengths, [s.repetition * 10 for s in report.stats], "^:", color="tab:orange",
-                      label="repetition x10")
-    fluency_axis.set_ylabel("fluency cost", color="tab:red")
-    handles = mention_axis.get_legend_handles_labels()[0] + fluency_axis.get_legend_handles_labels()[0]
-    mention_axis.legend(handles, [h.get_label() for h in handles], loc="upper left", fontsize=8)
-    mention_axis.set_title(f"{report.profile}: {report.goal} {report.concept!r}, {len(report.prompts)} prompts")
+    axes = (("concept_score", "concept"), ("relevance_score", "relevance"), ("fluency_score", "fluency"),
+            ("score", "combined"))
+    figure, axis = plt.subplots(figsize=(max(6.0, 1.1 * len(report.rows)), 3.8), dpi=110)
+    width = 0.8 / len(axes)
+    for k, (key, label) in enumerate(axes):
+        values = [getattr(row.summary, key) for row in report.rows]
+        axis.bar(np.arange(len(report.rows)) + (k - (len(axes) - 1) / 2) * width, values, width, label=label)
+    axis.set_xticks(range(len(report.rows)), [row.label for row in report.rows], rotation=20, ha="right", fontsize=8)
+    axis.set_ylim(0, 1.05)
+    axis.set_ylabel("score (0-1, scored by the unsteered model)")
+    axis.legend(fontsize=8, ncol=4, loc="upper right")
+    axis.set_title(f"{report.profile}: {report.goal} {report.concept!r}, {len(report.prompts)} prompts, "
+                   f"{report.max_new_tokens} tokens", fontsize=10)
     figure.tight_layout()
     with atomic_write(png_path, suffix=".png") as tmp:
         figure.savefig(tmp, format="png")

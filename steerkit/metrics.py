@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 from steerkit.concept import Concept
 
-__all__ = ["repetition", "diversity", "AnswerStats", "answer_stats", "measure_plans"]
+__all__ = ["repetition", "diversity", "AnswerStats", "answer_stats"]
 
 
 def repetition(text: str) -> float:
@@ -21,7 +21,7 @@ class AnswerStats:
     """Summary of one set of answers (one setting, all prompts)."""
 
     mention_rate: float  # fraction of answers naming the concept
-    nll: float  # mean NLL of the answers (after their first token) given their prompts, unsteered model, nats/token
+    nll: float  # mean NLL of the answers (every token) given their prompts, unsteered model, nats/token
     repetition: float  # mean repeated-trigram fraction
     diversity: float  # distinct word pairs over all answers / all word pairs (falls when answers are alike)
 
@@ -44,14 +44,3 @@ def answer_stats(concept: Concept, answers: list[str], nll: list[float]) -> Answ
         sum(repetition(a) for a in answers) / n,
         diversity(answers),
     )
-
-
-def measure_plans(backend, concept: Concept, prompts: list[str], plans: list, max_new_tokens: int
-                  ) -> tuple[list[list[str]], list[AnswerStats]]:
-    """Answer ``prompts`` greedily under each plan (``None``: unsteered) with a backend
-    (:class:`steerkit.runtimes.base.Backend`: anything with ``generate`` and ``nll``);
-    return the answers ``[plan][prompt]`` and one :class:`AnswerStats` per plan."""
-    answers = backend.generate(prompts, plans, max_new_tokens)
-    nll = backend.nll([p for _ in answers for p in prompts], [a for row in answers for a in row])
-    n = len(prompts)
-    return answers, [answer_stats(concept, row, nll[k * n:(k + 1) * n]) for k, row in enumerate(answers)]

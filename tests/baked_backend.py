@@ -14,11 +14,11 @@ class BakedBackend(HFBackend):
         self._baked = bake(self.model, plan)
         return lambda: self._baked.remove()  # bit-exact
 
-    def nll(self, prompts, answers):  # scores are the unsteered model's: unbake meanwhile
+    def nll(self, prompts, answers, first_token=False):  # scores are the unsteered model's: unbake meanwhile
         if self.applied is None:
-            return super().nll(prompts, answers)
+            return super().nll(prompts, answers, first_token)
         self._baked.remove()
         try:
-            return super().nll(prompts, answers)
+            return super().nll(prompts, answers, first_token)
         finally:
             self._baked = bake(self.model, self.applied)

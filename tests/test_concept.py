@@ -25,13 +25,24 @@ def test_multi_token_word_uses_its_longest_first_piece_and_says_so():
 
 
 @pytest.mark.parametrize("word, message", [
-    ("", "empty"), ("   ", "empty"), ("two words", "one word"), ("dog2", "one word"),
+    ("", "empty"), ("   ", "empty"), ("one two three four five", "up to 4 words"), ("dog2", "made of letters"),
+    ("a" * 65, "at most 64 characters"), ("dog zebra", "absent"),  # a phrase: every word must be found
     ("zebra", "absent from this model's vocabulary"), ("xyz", "absent"),  # only 2-letter piece "Ġxy"
 ])
 def test_bad_words_are_refused_in_one_line(word, message):
     with pytest.raises(SteerkitError, match=message) as info:
         concept_from_word(word, VOCAB)
     assert "\n" not in str(info.value)
+
+
+def test_a_phrase_is_scored_on_its_words_and_counted_whole():
+    concept = concept_from_word("  hot   dog ", VOCAB + ["Ġhot"])
+    assert concept.word == "hot dog" and set(concept.tokens) == {"Ġhot", "dog", "Ġdog", "ĠDogs"}
+    assert "phrase" in concept.note
+    assert concept.mentioned_in("Two HOT\ndogs, please") and not concept.mentioned_in("a hot day, a dog")
+    from steerkit.discovery import profile_name
+
+    assert profile_name("Hot  Dog") == "hot-dog" and profile_name("ice cream", suppress=True) == "no-ice-cream"
 
 
 def test_mentions_count_whole_words_and_plurals_in_any_case():

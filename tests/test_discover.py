@@ -111,10 +111,14 @@ def test_measurements_on_a_tiny_model():
 
 
 class _ScriptedEvaluator:
-    """An evaluator whose answers mention the concept more as the summed edit size grows."""
+    """An evaluator whose answers mention the concept more as the summed edit size grows.
 
-    def __init__(self, binding, fluent_up_to: float):
-        self.binding, self.fluent_up_to, self.plans = binding, fluent_up_to, []
+    Answers stay fluent ("x") up to ``fluent_up_to`` and keep to their prompt (they quote it, and
+    the scorer finds them likelier after it) up to ``relevant_up_to``.
+    """
+
+    def __init__(self, binding, fluent_up_to: float, relevant_up_to: float = float("inf")):
+        self.binding, self.fluent_up_to, self.relevant_up_to, self.plans = binding, fluent_up_to, relevant_up_to, []
 
     def activation_scale(self, text):
         return torch.ones(3, 48).numpy()
@@ -124,12 +128,12 @@ class _ScriptedEvaluator:
         rows = []
         for plan in plans:
             size = 0.0 if plan is None else sum(abs(e.add).sum() for g in plan.groups for e in g.layers)
-            rows.append([("dog " if size >= 16 * (k + 1) else "cat ") + ("x" if size <= self.fluent_up_to else "y")
-                         for k in range(len(prompts))])
+            rows.append([("dog " if size >= 16 * (k + 1) else "cat ") + (f"{p} " if size <= self.relevant_up_to else f"w{k} ")
+                         + ("x" if size <= self.fluent_up_to else "y") for k, p in enumerate(prompts)])
         return rows
 
-    def nll(self, prompts, answers):
-        return [1.0 if a.endswith("x") else 9.0 for a in answers]
+    def nll(self, prompts, answers, first_token=False):
+        return [(1.0 if a.endswith("x") else 9.0) - (0.5 if f" {p} " in a else 0.0) for p, a in zip(prompts, answers)]
 
 
 def test_discover_chooses_the_strongest_setting_inside_the_budget(planted):
@@ -149,6 +153,18 @@ def test_discover_chooses_the_strongest_setting_inside_the_budget(planted):
     calibration = again.provenance["calibration"]
     assert calibration["chosen"]["in_budget"] and len(calibration["sweep"]) == len(found.sweep)
     assert {c["neuron"] for c in again.provenance["candidates"][:2]} == {"2:7", "1:5"}
+
+
+def test_discover_prefers_answers_that_still_answer_the_question(planted):
+    """Past ``relevant_up_to`` answers name the concept more but stop answering: the combined score says no."""
+    _, reader, atlas = planted
+    evaluator = _ScriptedEvaluator(reader.binding(), fluent_up_to=1e9, relevant_up_to=32)
+    found = discover("dog", reader, atlas, evaluator, prompts=["p1", "p2", "p3"])
+    size = sum(abs(e.value) for e in found.profile.edits)
+    assert size <= 32 and found.chosen.stats.mention_rate == pytest.approx(2 / 3) and found.moved
+    louder = [p for p in found.sweep if p.in_budget and p.stats.mention_rate > found.chosen.stats.mention_rate]
+    assert louder and all(p.summary.score < found.chosen.summary.score for p in louder)
+    assert found.profile.provenance["calibration"]["chosen"]["score"] == round(found.chosen.summary.score, 4)
 
 
 def test_suppress_clamps_against_the_promoting_sign_everywhere(planted):
@@ -203,3 +219,17 @@ def test_steer_finds_shipped_then_cached_then_discovers(planted, monkeypatch, tm
     with pytest.raises(SteerkitError, match="nothing moved"):
         discovery.profile_for_concept("cat", path)
     assert not discovery.discovered_profile_path(open_weights(path), "cat").exists()
+
+
+def test_discover_all_positions_makes_a_profile_weights_can_carry(planted):
+    from steerkit.discovery import PROMOTE_ALL_MULTIPLES
+
+    _, reader, atlas = planted
+    evaluator = _ScriptedEvaluator(reader.binding(), fluent_up_to=64)
+    found = discover("dog", reader, atlas, evaluator, prompts=["p1", "p2", "p3"], positions="all")
+    assert found.profile.positions == "all" and all(e.op == "add" for e in found.profile.edits)
+    assert {p.setting.multiple for p in found.sweep} == set(PROMOTE_ALL_MULTIPLES)
+    compile_plan([found.profile]).merged()  # bakeable: no position restriction
+    assert "every position" in found.profile.description
+    with pytest.raises(SteerkitError, match="positions"):
+        discover("dog", reader, atlas, evaluator, positions="generated")

@@ -104,7 +104,7 @@ def test_cli_eval_writes_json_and_plot_in_both_runtimes(tmp_path):
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("Write a short poem.\nDescribe your ideal day.\n")
-    rates = {}
+    rates, methods = {}, {}
     for runtime in ("hf", "llama.cpp"):
         out = tmp_path / f"{runtime}.json"
         result = subprocess.run([sys.executable, "-m", "steerkit.cli", "eval", "dog", "--prompts", str(prompts),
@@ -113,10 +113,16 @@ def test_cli_eval_writes_json_and_plot_in_both_runtimes(tmp_path):
         assert result.returncode == 0, result.stderr
         report = json.loads(out.read_text())
         assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        rates[runtime] = {row["strength"]: row["mention_rate"] for row in report["sweep"]}
+        methods[runtime] = [row["method"] for row in report["rows"]]
+        rates[runtime] = {row["strength"]: row["mention_rate"] for row in report["rows"]
+                          if row["method"] in ("unsteered", "profile")}
+        assert "SCORE" in result.stdout and "prompting+profile x1" in result.stdout
     print(rates)
     assert rates["hf"][0.0] == rates["llama.cpp"][0.0] == 0.0
     assert max(rates["hf"].values()) >= 0.5 and max(rates["llama.cpp"].values()) >= 0.5
+    # Every alternative is scored next to the profile; llama.cpp cannot build the mean-difference vector and says so.
+    assert {"prompting", "prompting+profile", "mean-difference"} <= set(methods["hf"])
+    assert "mean-difference" not in methods["llama.cpp"] and "prompting" in methods["llama.cpp"]
 
 
 def test_cli_steer_prints_both_answers():

@@ -13,7 +13,7 @@ from steerkit.runtimes.base import Backend
 from steerkit.runtimes.hf.generate import build_inputs
 from steerkit.runtimes.hf.hooks import attach
 from steerkit.runtimes.hf.loader import load_model
-from steerkit.runtimes.hf.measure import activation_scale, answer_nll, generate_rows
+from steerkit.runtimes.hf.measure import activation_scale, answer_nll, answer_states, generate_rows
 from steerkit.runtimes.hf.modules import model_binding
 from steerkit.sampling import Sampling
 from steerkit.sources import ModelSource
@@ -70,12 +70,12 @@ class HFBackend(Backend):
         return generate_rows(self.model, self.tokenizer, prompts, plans, max_new_tokens, progress=self.progress,
                              sampling=sampling, on_text=on_text)
 
-    def nll(self, prompts: list, answers: list[str]) -> list[float]:
+    def nll(self, prompts: list, answers: list[str], first_token: bool = False) -> list[float]:
         if self._hooks is None:
-            return answer_nll(self.model, self.tokenizer, prompts, answers)
+            return answer_nll(self.model, self.tokenizer, prompts, answers, first_token=first_token)
         self._hooks.remove()  # scored by the unsteered model, then steered again
         try:
-            return answer_nll(self.model, self.tokenizer, prompts, answers)
+            return answer_nll(self.model, self.tokenizer, prompts, answers, first_token=first_token)
         finally:
             self._hooks = attach(self.model, self.applied)
 
@@ -85,3 +85,8 @@ class HFBackend(Backend):
 
     def activation_scale(self, text: str) -> np.ndarray:
         return activation_scale(self.model, self.tokenizer, text)
+
+    def answer_states(self, prompts: list, answers: list[str], layers: list[int]) -> np.ndarray:
+        if self._hooks is not None:
+            raise SteerkitError("answer_states measures the unsteered model: remove the applied plan first")
+        return answer_states(self.model, self.tokenizer, prompts, answers, layers)

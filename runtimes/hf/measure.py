@@ -2,10 +2,14 @@
 
 - :func:`activation_scale`: how large each neuron's activation ``h`` gets on a text;
 - :func:`generate_rows`: answers with a different plan on every batch row;
-- :func:`answer_nll`: how surprising answers are to the (unsteered) model.
+- :func:`answer_nll`: how surprising answers are to the (unsteered) model;
+- :func:`answer_states`: the mean residual stream over answers' tokens (mean-difference vectors).
 """
 
 from __future__ import annotations
+
+import copy
+import inspect
 
 import numpy as np
 import torch
@@ -16,7 +20,7 @@ from steerkit.runtimes.hf.hooks import attach_rows
 from steerkit.runtimes.hf.modules import mlp_module
 from steerkit.sampling import GREEDY, Sampling
 
-__all__ = ["activation_scale", "generate_rows", "answer_nll"]
+__all__ = ["activation_scale", "generate_rows", "answer_nll", "answer_states"]
 
 
 @torch.no_grad()
@@ -79,28 +83,89 @@ def generate_rows(model, tokenizer, prompts: list, plans: list[Plan | None], max
     return [texts[k * len(prompts):(k + 1) * len(prompts)] for k in range(len(plans))]
 
 
+def _answer_batch(tokenizer, prompts: list, answers: list[str], device, first_token: bool):
+    """Chat prompts followed by their answers, right-padded: ids, attention mask, answer ids and answer mask.
+
+    Answers shorter than two tokens are padded with EOS so every answer has a scored token.
+    """
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    prompt_inputs = build_inputs(tokenizer, prompts, device)
+    answer_ids = [tokenizer(a, add_special_tokens=False).input_ids for a in answers]
+    answer_ids = [a if len(a) >= 2 else a + [tokenizer.eos_token_id] * (2 - len(a)) for a in answer_ids]
+    width = max(len(a) for a in answer_ids)
+    answer = torch.tensor([a + [pad] * (width - len(a)) for a in answer_ids], device=device)
+    answer_mask = torch.tensor([[int(first_token)] + [1] * (len(a) - 1) + [0] * (width - len(a)) for a in answer_ids],
+                               device=device)
+    ids = torch.cat([prompt_inputs["input_ids"], answer], dim=1)
+    mask = torch.cat([prompt_inputs["attention_mask"], torch.ones_like(answer_mask)], dim=1)
+    return ids, mask, prompt_inputs["input_ids"].shape[1], answer, answer_mask
+
+
 @torch.no_grad()
-def answer_nll(model, tokenizer, prompts: list[str], answers: list[str], batch_size: int = 32) -> list[float]:
+def answer_states(model, tokenizer, prompts: list, answers: list[str], layers: list[int],
+                  batch_size: int = 32) -> np.ndarray:
+    """The residual stream after each of ``layers``, averaged over every token of every answer: ``[len(layers), d]``.
+
+    Each answer is read after its chat prompt, as the model would have written it.
+    """
+    total = None
+    count = 0
+    for start in range(0, len(prompts), batch_size):
+        ids, mask, prompt_length, _, answer_mask = _answer_batch(
+            tokenizer, prompts[start:start + batch_size], answers[start:start + batch_size], model.device, True)
+        states = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+        weight = answer_mask.unsqueeze(-1).float()
+        # hidden_states[0] is the embedding output, [l + 1] the output of layer l.
+        sums = torch.stack([(states[layer + 1][:, prompt_length:].float() * weight).sum(dim=(0, 1)) for layer in layers])
+        total = sums if total is None else total + sums
+        count += int(answer_mask.sum())
+    return (total / max(count, 1)).cpu().numpy()
+
+
+def _cache_argument(model) -> str:
+    """The keyword a model's forward takes its KV cache by (``cache`` from transformers 5.2x on)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+@torch.no_grad()
+def answer_nll(model, tokenizer, prompts: list, answers: list[str], batch_size: int = 32,
+               first_token: bool = False) -> list[float]:
     """Mean negative log-likelihood (nats/token) of each answer given its chat prompt, under ``model`` as it is.
 
-    The answer's first token is not counted: for a steered answer it is the
-    steering itself ("Dogs ..."), and over short answers its surprise would
-    swamp what the figure is for -- whether the rest reads as language.
+    Unless ``first_token``, the answer's first token is not counted: for a
+    steered answer it is the steering itself ("Dogs ..."), and over short
+    answers its surprise would swamp what discovery's budget asks -- whether
+    the rest reads as language.
+
+    Answers to the same prompt share one pass over it (its KV cache is
+    copied to each batch of answers): scoring a sweep reads each answer
+    against several prompts, and the chat prompt is longer than the answer.
     """
-    results: list[float] = []
+    results = [0.0] * len(prompts)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, prompt in enumerate(prompts):
+        ids = build_inputs(tokenizer, [prompt], "cpu")["input_ids"][0]
+        groups.setdefault(tuple(ids.tolist()), []).append(index)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    for start in range(0, len(prompts), batch_size):
-        prompt_inputs = build_inputs(tokenizer, prompts[start:start + batch_size], model.device)
-        answer_ids = [tokenizer(a, add_special_tokens=False).input_ids for a in answers[start:start + batch_size]]
-        answer_ids = [a if len(a) >= 2 else a + [tokenizer.eos_token_id] * (2 - len(a)) for a in answer_ids]
-        width = max(len(a) for a in answer_ids)
-        answer = torch.tensor([a + [pad] * (width - len(a)) for a in answer_ids], device=model.device)
-        answer_mask = torch.tensor([[0] + [1] * (len(a) - 1) + [0] * (width - len(a)) for a in answer_ids],
-                                   device=model.device)
-        ids = torch.cat([prompt_inputs["input_ids"], answer], dim=1)
-        mask = torch.cat([prompt_inputs["attention_mask"], answer_mask], dim=1)
-        start_logit = prompt_inputs["input_ids"].shape[1] - 1
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, start_logit:-1].float()
-        token_nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), answer, reduction="none")
-        results += ((token_nll * answer_mask).sum(1) / answer_mask.sum(1)).tolist()
+    for prompt_ids, indices in groups.items():
+        prompt = torch.tensor([prompt_ids], device=model.device)
+        out = model(input_ids=prompt, use_cache=True)
+        prompt_cache = out["cache"] if "cache" in out else out["past_key_values"]
+        last = out.logits[:, -1:].float()  # predicts each answer's first token
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start:start + batch_size]
+            answer_ids = [tokenizer(answers[i], add_special_tokens=False).input_ids for i in chunk]
+            answer_ids = [a if len(a) >= 2 else a + [tokenizer.eos_token_id] * (2 - len(a)) for a in answer_ids]
+            width = max(len(a) for a in answer_ids)
+            answer = torch.tensor([a + [pad] * (width - len(a)) for a in answer_ids], device=model.device)
+            scored = torch.tensor([[int(first_token)] + [1] * (len(a) - 1) + [0] * (width - len(a)) for a in answer_ids],
+                                  device=model.device)
+            cache = copy.deepcopy(prompt_cache)
+            cache.batch_repeat_interleave(len(chunk))
+            # Right padding needs no mask: a scored position never looks at the padding after it.
+            logits = model(input_ids=answer[:, :-1], use_cache=True, **{_cache_argument(model): cache}).logits.float()
+            logits = torch.cat([last.expand(len(chunk), -1, -1), logits], dim=1)
+            token_nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), answer, reduction="none")
+            for i, value in zip(chunk, ((token_nll * scored).sum(1) / scored.sum(1)).tolist()):
+                results[i] = value
     return results

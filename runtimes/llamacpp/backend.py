@@ -145,7 +145,7 @@ class LlamaCppBackend(Backend):
         answer_ids = plain.llm.tokenize(answer.encode("utf-8"), add_bos=False, special=False) if answer else []
         return len(plain.chat_prompt_tokens(_messages(prompt))), len(answer_ids)
 
-    def nll(self, prompts: list, answers: list[str]) -> list[float]:
+    def nll(self, prompts: list, answers: list[str], first_token: bool = False) -> list[float]:
         if self._scorer is None:
             self._scorer = LlamaCppModel(self.weights.path, n_ctx=_CONTEXT)
         plain = self._scorer
@@ -157,6 +157,7 @@ class LlamaCppBackend(Backend):
             logits = plain.logits(prompt_ids + answer_ids)[len(prompt_ids) - 1:-1].astype(np.float64)
             shifted = logits - logits.max(axis=1, keepdims=True)
             log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-            # As in the transformers backend: the first answer token (the steering itself) is not counted.
-            results.append(float(-log_probs[np.arange(1, len(answer_ids)), answer_ids[1:]].mean()))
+            # As in the transformers backend: the first answer token (the steering itself) counts only if asked.
+            first = 0 if first_token else 1
+            results.append(float(-log_probs[np.arange(first, len(answer_ids)), answer_ids[first:]].mean()))
         return results
