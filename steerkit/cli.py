@@ -480,6 +480,10 @@ def main() -> None:
     except SteerkitError as exc:
         typer.echo(f"error: {printable(str(exc))}", err=True)
         sys.exit(1)
+    except OSError as exc:  # a file-system refusal no reader anticipated: still one line, naming the file
+        where = f"{exc.filename}: " if exc.filename else ""
+        typer.echo(f"error: {printable(where + (exc.strerror or str(exc)))}", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)

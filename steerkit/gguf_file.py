@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import math
 import mmap
+import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +41,11 @@ _U64 = struct.Struct("<Q")
 _STRUCTS: dict[str, struct.Struct] = {}
 _VECTOR_WALK = 1024  # string arrays this long (tokenizer vocabularies, merges) are located with numpy
 _NUMPY_FLOATS = {GGMLQuantizationType.F32: np.float32, GGMLQuantizationType.F16: np.float16}
+_INTEGER_TYPES = {GGUFValueType.UINT8, GGUFValueType.INT8, GGUFValueType.UINT16, GGUFValueType.INT16,
+                  GGUFValueType.UINT32, GGUFValueType.INT32, GGUFValueType.UINT64, GGUFValueType.INT64}
+_KIND_NAMES = {"string": "a string", "strings": "an array of strings", "int": "an integer", "float": "a number"}
+_MAX_TENSOR_NAME = 64  # GGML_MAX_NAME: llama.cpp refuses names this long or longer
+_MAX_DIMS = 4  # GGML_MAX_DIMS
 
 
 class _Truncated(Exception):
@@ -171,6 +178,9 @@ class GGUFFile:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         try:
+            # A FIFO or device would block or never end: only regular files are models.
+            if not stat.S_ISREG(os.stat(self.path).st_mode):
+                raise SteerkitError(f"{self.path}: not a regular file")
             self.buffer = np.memmap(self.path, dtype=np.uint8, mode="r")
         except (OSError, ValueError) as exc:
             raise SteerkitError(f"{self.path}: cannot read ({exc})") from exc
@@ -220,11 +230,13 @@ class GGUFFile:
         offsets.append(pos)
         return np.array(offsets, dtype=np.int64)
 
-    def _value(self, value_type: GGUFValueType) -> tuple[Any, GGUFValueType | None]:
+    def _value(self, value_type: GGUFValueType, key: str) -> tuple[Any, GGUFValueType | None]:
         if value_type == GGUFValueType.STRING:
             return self._string(), None
         if value_type == GGUFValueType.ARRAY:
-            item_type = GGUFValueType(self._read("<I"))
+            item_type = self._value_type(key)
+            if item_type == GGUFValueType.ARRAY:
+                raise self._damaged(f"metadata key {key!r} holds an array of arrays (llama.cpp refuses them)")
             count = self._read("<Q")
             if item_type in _SCALARS:
                 fmt = _SCALARS[item_type]
@@ -242,7 +254,7 @@ class GGUFFile:
                     offsets = self._walk_strings(count)
                 self.pos = int(offsets[-1])
                 return _LazyStrings(self._bytes, start, count, offsets), item_type
-            return [_plain(self._value(item_type)[0]) for _ in range(count)], item_type
+            raise self._damaged(f"metadata key {key!r} holds an array of {item_type.name}")
         return self._read(_SCALARS[value_type]), None
 
     def _parse(self) -> None:
@@ -254,38 +266,118 @@ class GGUFFile:
         if self.version not in (2, 3):
             raise SteerkitError(f"{self.path}: unsupported GGUF version {self.version}")
         n_tensors, n_fields = self._read("<Q"), self._read("<Q")
+        room = len(self._bytes) - self.pos
+        # Each entry takes at least 13 (metadata) or 25 (tensor info) bytes: bound the loops by the file.
+        if n_fields > room // 13 or n_tensors > room // 25:
+            raise self._damaged(f"the header claims {n_fields} metadata entries and {n_tensors} tensors, "
+                                f"more than its {len(self._bytes)} bytes can hold")
         self.fields: dict[str, GGUFField] = {}
         for _ in range(n_fields):
             start = self.pos
             key = self._string()
-            value_type = GGUFValueType(self._read("<I"))
-            value, sub_type = self._value(value_type)
+            if not key:
+                raise self._damaged("a metadata key is empty")
+            if key in self.fields:
+                raise self._damaged(f"metadata key {key!r} appears twice")
+            value_type = self._value_type(key)
+            value, sub_type = self._value(value_type, key)
             if isinstance(value, _LazyStrings):
                 self.fields[key] = GGUFField(key, value_type, start, self.pos, None, sub_type, value)
             else:
                 self.fields[key] = GGUFField(key, value_type, start, self.pos, value, sub_type)
+        self.alignment = self._alignment()
         infos = []
+        names: set[str] = set()
         for _ in range(n_tensors):
             name = self._string()
+            if len(name.encode("utf-8", "surrogatepass")) >= _MAX_TENSOR_NAME:
+                raise self._damaged(f"tensor name {name[:80]!r} is {len(name)} bytes long (llama.cpp takes under "
+                                    f"{_MAX_TENSOR_NAME})")
+            if name in names:
+                raise self._damaged(f"tensor {name!r} appears twice")
+            names.add(name)
             n_dims = self._read("<I")
+            if n_dims > _MAX_DIMS:
+                raise self._damaged(f"tensor {name!r} has {n_dims} dimensions (at most {_MAX_DIMS})")
             shape = tuple(self._read("<Q") for _ in range(n_dims))
-            infos.append((name, shape, GGMLQuantizationType(self._read("<I")), self._read("<Q")))
-        self.alignment = int(self.fields["general.alignment"].value) if "general.alignment" in self.fields else 32
+            type_id = self._read("<I")
+            try:
+                tensor_type = GGMLQuantizationType(type_id)
+                block_size, type_size = GGML_QUANT_SIZES[tensor_type]
+            except (ValueError, KeyError):
+                raise self._damaged(f"tensor {name!r} has unknown type {type_id}") from None
+            if any(n >= 1 << 63 for n in shape) or math.prod(shape) >= 1 << 63:
+                raise self._damaged(f"tensor {name!r} has shape {shape}: too many elements")
+            if shape and shape[0] % block_size:
+                raise self._damaged(f"tensor {name!r} ({tensor_type.name}) has rows of {shape[0]} values, "
+                                    f"not a multiple of its block of {block_size}")
+            infos.append((name, shape, tensor_type, self._read("<Q"), math.prod(shape) // block_size * type_size))
         self.data_start = -(-self.pos // self.alignment) * self.alignment
         self.tensors: list[GGUFTensor] = []
-        for name, shape, tensor_type, offset in infos:
-            block_size, type_size = GGML_QUANT_SIZES[tensor_type]
-            n_bytes = math.prod(shape) // block_size * type_size
+        expected = 0
+        for name, shape, tensor_type, offset, n_bytes in infos:
+            # llama.cpp requires the tensors back to back in header order, each padded to the alignment.
+            if offset != expected:
+                raise self._damaged(f"tensor {name!r} is at data offset {offset}, expected {expected} "
+                                    f"(tensors must follow each other, aligned to {self.alignment})")
             start = self.data_start + offset
             if start + n_bytes > len(self._bytes):
                 raise SteerkitError(f"{self.path}: truncated GGUF (tensor {name} runs past the end of the file)")
             self.tensors.append(GGUFTensor(name, shape, tensor_type, offset, start, n_bytes, self.buffer))
+            expected = offset + -(-n_bytes // self.alignment) * self.alignment
+
+    def _damaged(self, problem: str) -> SteerkitError:
+        return SteerkitError(f"{self.path}: damaged GGUF: {problem}")
+
+    def _value_type(self, key: str) -> GGUFValueType:
+        type_id = self._read("<I")
+        try:
+            return GGUFValueType(type_id)
+        except ValueError:
+            raise self._damaged(f"metadata key {key!r} has unknown value type {type_id}") from None
+
+    def _alignment(self) -> int:
+        """``general.alignment``: a u32 power of two, as llama.cpp requires (default 32)."""
+        field = self.fields.get("general.alignment")
+        if field is None:
+            return 32
+        if field.type != GGUFValueType.UINT32:
+            raise self._damaged(f"general.alignment must be a UINT32, not {field.type.name}")
+        alignment = int(field.value)
+        if alignment <= 0 or alignment & (alignment - 1):
+            raise self._damaged(f"general.alignment is {alignment}, not a power of two")
+        return alignment
 
     # -- access --------------------------------------------------------------------------
     def value(self, key: str, default: Any = None) -> Any:
         """A metadata value (``default`` if absent)."""
         field = self.fields.get(key)
         return default if field is None else field.value
+
+    def typed(self, key: str, kind: str, default: Any = None) -> Any:
+        """A metadata value checked to be of ``kind``; ``default`` if absent; a one-line error naming the key if not.
+
+        ``kind``: ``"string"``, ``"int"`` or ``"float"`` (a per-layer array of them gives its first
+        item, as llama.cpp's ``feed_forward_length`` arrays do), or ``"strings"`` (a string array).
+        """
+        field = self.fields.get(key)
+        if field is None:
+            return default
+        item = field.sub_type if field.type == GGUFValueType.ARRAY else field.type
+        wanted = {"string": {GGUFValueType.STRING}, "strings": {GGUFValueType.STRING}, "int": _INTEGER_TYPES,
+                  "float": _INTEGER_TYPES | {GGUFValueType.FLOAT32, GGUFValueType.FLOAT64}}[kind]
+        is_array = field.type == GGUFValueType.ARRAY
+        if item not in wanted or is_array != (kind == "strings") and not (is_array and kind in ("int", "float")):
+            got = f"an array of {item.name}" if is_array else item.name
+            raise SteerkitError(f"{self.path}: GGUF metadata {key}: expected {_KIND_NAMES[kind]}, got {got}")
+        value = field.value
+        if is_array and kind != "strings":
+            if not value:
+                raise SteerkitError(f"{self.path}: GGUF metadata {key}: the array is empty")
+            value = value[0]
+        if kind == "float" and not math.isfinite(value):
+            raise SteerkitError(f"{self.path}: GGUF metadata {key}: expected a finite number, got {value}")
+        return value
 
     def release(self, tensor: GGUFTensor) -> None:
         """Drop a tensor's pages from this process's resident memory once it has been read.

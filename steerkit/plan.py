@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from steerkit.errors import ProfileMismatch, UnsupportedEdit
-from steerkit.profile import ModelBinding, Profile
+from steerkit.profile import MAX_STRENGTH, ModelBinding, Profile, finite_number
 
 __all__ = ["LayerEdits", "EditGroup", "Plan", "compile_plan", "check_binding"]
 
@@ -106,6 +106,8 @@ def compile_plan(profiles: list[Profile], model: ModelBinding | None = None, str
 
     >>> plan = compile_plan([load_profile("profiles/dog.yaml")])   # doctest: +SKIP
     """
+    if strength is not None:
+        strength = finite_number(strength, "strength", MAX_STRENGTH)
     groups = []
     for profile in profiles:
         if model is not None:

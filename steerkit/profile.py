@@ -75,9 +75,9 @@ class Edit:
                 raise SteerkitError(f"{where}: {name}: expected a non-negative integer, got {value!r}")
         if self.op not in OPS:
             raise SteerkitError(f"{where}: op: {self.op!r} is not one of {', '.join(OPS)}")
-        object.__setattr__(self, "value", _finite(self.value, f"{where}: value"))
+        object.__setattr__(self, "value", finite_number(self.value, f"{where}: value", MAX_EDIT_VALUE))
         if self.score is not None:
-            object.__setattr__(self, "score", _finite(self.score, f"{where}: score"))
+            object.__setattr__(self, "score", finite_number(self.score, f"{where}: score"))
         if isinstance(self.tokens, str) or not all(isinstance(t, str) for t in self.tokens):
             raise SteerkitError(f"{where}: tokens: expected a list of strings")
         object.__setattr__(self, "tokens", tuple(self.tokens))
@@ -127,11 +127,14 @@ class Profile:
         where = f"{self.source}: " if self.source != "<profile>" else f"profile {self.name!r}: "
         if not isinstance(self.name, str) or not self.name.strip():
             raise SteerkitError(f"{where}name: expected a non-empty string")
+        for name in ("name", "description"):
+            if not isinstance(getattr(self, name), str) or not _is_unicode(getattr(self, name)):
+                raise SteerkitError(f"{where}{name}: expected Unicode text")
         if not isinstance(self.model, ModelBinding):
             raise SteerkitError(f"{where}model: expected a ModelBinding, got {type(self.model).__name__}")
         if self.positions not in POSITIONS:
             raise SteerkitError(f"{where}positions: {self.positions!r} is not one of {', '.join(POSITIONS)}")
-        self.strength = _finite(self.strength, f"{where}strength")
+        self.strength = finite_number(self.strength, f"{where}strength", MAX_STRENGTH)
         if not isinstance(self.provenance, dict):
             raise SteerkitError(f"{where}provenance: expected a mapping")
         seen: dict[tuple[int, int], int] = {}
@@ -148,16 +151,32 @@ class Profile:
             seen[key] = index
 
 
-def _finite(value: Any, where: str) -> float:
+def finite_number(value: Any, where: str, bound: float | None = None) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SteerkitError(f"{where}: expected a number, got {value!r}")
+        raise SteerkitError(f"{where}: expected a number, got {_short(value)}")
     try:
         number = float(value)
     except OverflowError:
         number = math.inf
     if not math.isfinite(number):
-        raise SteerkitError(f"{where}: expected a finite number, got {value!r}")
+        raise SteerkitError(f"{where}: expected a finite number, got {_short(value)}")
+    if bound is not None and abs(number) > bound:
+        raise SteerkitError(f"{where}: {number:g} is outside ±{bound:g}")
     return number
+
+
+def _is_unicode(text: str) -> bool:
+    """False for text holding lone surrogates (which no file or terminal can take)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def vocab_sha256(tokens: list[str]) -> str:
@@ -175,8 +194,53 @@ def joined_vocab_sha256(joined: bytes) -> str:
     return hashlib.sha256(joined.replace(b" ", "▁".encode())).hexdigest()  # a space byte is never part of another character
 
 
+MAX_YAML_DEPTH = 32  # profiles nest 3 levels; provenance a few more
+MAX_INT_DIGITS = 30  # no field needs more; int("9" * 5000) would hit Python's digit limit
+MAX_STRENGTH = 1e3  # far beyond any useful setting; with MAX_EDIT_VALUE keeps every compiled edit within ±1e8
+MAX_EDIT_VALUE = 1e5  # |clamp|, |add|, |scale|: the largest activation measured on the shipped models is ~2,800
+# (SmolLM2 layer 28); discovery goes up to 32x a peak. Larger values only overflow what weights can hold
+
+
 class _LineLoader(yaml.SafeLoader):
-    """A safe loader whose mappings remember the line of each key."""
+    """A safe loader whose mappings remember the line of each key, bounded for hostile files:
+    no anchors or aliases (a few hundred bytes of aliases expand to gigabytes), nesting at most
+    :data:`MAX_YAML_DEPTH` deep, integers of at most :data:`MAX_INT_DIGITS` digits, and text
+    that is valid Unicode (no lone surrogates).
+    """
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise yaml.composer.ComposerError(None, None, "anchors and aliases (&name, *name) are not allowed "
+                                              "in profiles", event.start_mark)
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nested more than {MAX_YAML_DEPTH} levels deep",
+                                                  event.start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _construct_int(loader: _LineLoader, node: yaml.ScalarNode) -> int:
+    digits = sum(ch.isdigit() for ch in node.value)
+    if digits > MAX_INT_DIGITS:
+        raise yaml.constructor.ConstructorError(None, None, f"integer of {digits} digits (at most {MAX_INT_DIGITS})",
+                                                node.start_mark)
+    return yaml.SafeLoader.construct_yaml_int(loader, node)
+
+
+def _construct_str(loader: _LineLoader, node: yaml.ScalarNode) -> str:
+    value = loader.construct_scalar(node)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise yaml.constructor.ConstructorError(None, None, "text holds a lone surrogate (not valid Unicode)",
+                                                node.start_mark) from None
+    return value
 
 
 class _Mapping(dict):
@@ -200,6 +264,8 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> _Mapping:
 
 
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_LineLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+_LineLoader.add_constructor("tag:yaml.org,2002:str", _construct_str)
 
 
 class _Checker:
@@ -233,13 +299,11 @@ class _Checker:
             raise self.fail(mapping, key, path, f"{value} out of range {low}..{high if high is not None else 'inf'}")
         return value
 
-    def number(self, mapping: dict, key: str, path: str) -> float:
-        value = mapping[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self.fail(mapping, key, path, f"expected a number, got {value!r}")
-        if not math.isfinite(value):
-            raise self.fail(mapping, key, path, f"expected a finite number, got {value!r}")
-        return float(value)
+    def number(self, mapping: dict, key: str, path: str, bound: float | None = None) -> float:
+        try:
+            return finite_number(mapping[key], "", bound)
+        except SteerkitError as exc:
+            raise self.fail(mapping, key, path, str(exc).removeprefix(": ")) from None
 
     def string(self, mapping: dict, key: str, path: str, choices: tuple[str, ...] | None = None) -> str:
         value = mapping[key]
@@ -260,6 +324,10 @@ def parse_profile(text: str, source: str = "<profile>") -> Profile:
     check = _Checker(source)
     try:
         data = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - _LineLoader is a SafeLoader
+    except (yaml.composer.ComposerError, yaml.constructor.ConstructorError) as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = f":{mark.line + 1}" if mark else ""
+        raise SteerkitError(f"{source}{line}: YAML: {exc.problem or exc.context}") from exc
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = f":{mark.line + 1}" if mark else ""
@@ -275,7 +343,7 @@ def parse_profile(text: str, source: str = "<profile>") -> Profile:
     name = check.string(top, "name", "name")
     description = check.string(top, "description", "description") if "description" in top else ""
     positions = check.string(top, "positions", "positions", POSITIONS) if "positions" in top else "all"
-    strength = check.number(top, "strength", "strength") if "strength" in top else 1.0
+    strength = check.number(top, "strength", "strength", MAX_STRENGTH) if "strength" in top else 1.0
 
     model_map = check.mapping(top["model"], top, "model", "model", _MODEL_FIELDS, _MODEL_FIELDS - {"vocab_sha256"})
     binding = ModelBinding(
@@ -304,7 +372,7 @@ def parse_profile(text: str, source: str = "<profile>") -> Profile:
             layer=check.integer(entry, "layer", f"{path}.layer", 0, binding.n_layers - 1),
             neuron=check.integer(entry, "neuron", f"{path}.neuron", 0, binding.d_ff - 1),
             op=op,
-            value=check.number(entry, "value", f"{path}.value") if "value" in entry else 0.0,
+            value=check.number(entry, "value", f"{path}.value", MAX_EDIT_VALUE) if "value" in entry else 0.0,
             tokens=tuple(tokens),
             score=check.number(entry, "score", f"{path}.score") if "score" in entry else None,
         )

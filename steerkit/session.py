@@ -11,14 +11,12 @@ from collections.abc import Callable
 
 from steerkit.errors import SteerkitError
 from steerkit.plan import Plan, compile_plan
-from steerkit.profile import Profile, load_profile
+from steerkit.profile import MAX_STRENGTH, Profile, load_profile
 from steerkit.runtimes.base import Backend
 from steerkit.sampling import CHAT, Sampling, check_max_tokens
 from steerkit.shipped import resolve_profile_path
 
 __all__ = ["SteeringSession", "open_session", "check_strength"]
-
-MAX_STRENGTH = 1e3  # far beyond any useful setting; keeps every edit finite
 
 
 def check_strength(strength: float | None) -> float | None:

@@ -38,6 +38,10 @@ def resolve_profile_path(name: str | Path) -> Path:
     with the file named in the message.
     """
     path = Path(name)
-    if path.is_file() or path.suffix in (".yaml", ".yml"):
+    try:
+        exists = path.is_file()
+    except (OSError, ValueError):  # a name too long for a file, a NUL byte: not a file; reading it says why
+        exists = False
+    if exists or path.suffix in (".yaml", ".yml"):
         return path
     return shipped_profile(str(name)) or path

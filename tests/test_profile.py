@@ -52,7 +52,7 @@ def test_round_trip(tmp_path):
         (("op: ablate}", "op: clamp}"), "edits[3]: op clamp needs a 'value'"),
         (("{layer: 1, neuron: 4", "{layer: 1, neuron: 3"), "bad.yaml:10: edits[2]: neuron 1:3 is already edited by edits[1]"),
         (("edits:\n", "edits: [\n"), "bad.yaml:"),
-        (("name: dog\n", "name: dog\nname: cat\n"), "bad.yaml:3: YAML syntax error: duplicate key 'name'"),
+        (("name: dog\n", "name: dog\nname: cat\n"), "bad.yaml:3: YAML: duplicate key 'name'"),
     ],
 )
 def test_bad_profiles_name_line_and_field(change, expected):

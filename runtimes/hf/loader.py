@@ -10,12 +10,11 @@ from __future__ import annotations
 import hashlib
 
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-from steerkit.cache import cache_dir
+from steerkit.cache import cache_dir, publish_dir, temporary_dir
 from steerkit.errors import SteerkitError
 from steerkit.fingerprint import file_sha256
 from steerkit.sources import ModelSource, resolve_model
@@ -40,8 +39,7 @@ def _convert_gguf(source: ModelSource, target: Path) -> None:
     except Exception as exc:  # transformers' GGUF loader fails with anything from KeyError to ValueError
         detail = (str(exc).splitlines() or [""])[0][:200]
         raise SteerkitError(f"{source.path}: transformers cannot load this GGUF ({type(exc).__name__}: {detail})") from exc
-    work = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
-    try:
+    with temporary_dir(target, "convert") as work:
         model.config.save_pretrained(work)
         if model.generation_config is not None:
             model.generation_config.save_pretrained(work)
@@ -51,10 +49,7 @@ def _convert_gguf(source: ModelSource, target: Path) -> None:
         if getattr(model.config, "tie_word_embeddings", False):
             state.pop("lm_head.weight", None)
         save_file(state, str(work / "model.safetensors"), metadata={"format": "pt"})
-        work.rename(target)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+        publish_dir(work, target, "model.safetensors")  # another process may have converted it first
 
 
 def hf_folder(model: str | ModelSource | None = None) -> Path:

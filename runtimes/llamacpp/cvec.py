@@ -24,6 +24,7 @@ from steerkit.cache import atomic_write
 from steerkit.errors import SteerkitError
 from steerkit.gguf_file import GGUFFile
 from steerkit.plan import Plan
+from steerkit.runtimes.llamacpp.gguf_out import check_finite
 from steerkit.runtimes.llamacpp.stand_in import check_cvec_layer, fit_stand_in
 from steerkit.weights import WeightReader
 
@@ -77,6 +78,8 @@ def write_control_vector(vector: ControlVector, n_layers: int, path: str | Path)
     """Write ``vector`` as a llama.cpp control-vector GGUF (atomically)."""
     if not vector.directions:
         raise SteerkitError("the profile has no additive part (no add or clamp edits): nothing to export")
+    for layer, direction in vector.directions.items():
+        check_finite(f"direction.{layer}", direction)
     with atomic_write(path, suffix=".gguf") as tmp:
         writer = GGUFWriter(tmp, "controlvector")
         writer.add_string("controlvector.model_hint", vector.model_hint)

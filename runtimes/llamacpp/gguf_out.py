@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFValueType
 
+from steerkit.errors import SteerkitError
 from steerkit.gguf_file import GGUFFile
 
-__all__ = ["pack_string_kv", "pack_string_array_kv", "write_gguf_copy"]
+__all__ = ["pack_string_kv", "pack_string_array_kv", "write_gguf_copy", "check_finite"]
 
 _PAGE = 4096
 _COPY_ALIGNMENT = 1 << 16  # where the destination's page-aligned copy should start (see _copy_padding)
@@ -39,6 +40,13 @@ def pack_string_array_kv(key: str, values: list[str]) -> bytes:
     """A GGUF metadata entry holding an array of strings."""
     head = _pack_string(key) + struct.pack("<IIQ", GGUFValueType.ARRAY, GGUFValueType.STRING, len(values))
     return head + b"".join(_pack_string(v) for v in values)
+
+
+def check_finite(name: str, data: np.ndarray) -> None:
+    """Refuse to write a float tensor holding inf or NaN (an edit too large for the weights' type)."""
+    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+        raise SteerkitError(f"{name}: the edits would write non-finite values (too large for this tensor's type); "
+                            f"use a smaller value or strength")
 
 
 def _pad(size: int, alignment: int) -> int:
@@ -67,6 +75,8 @@ def write_gguf_copy(
     the data section lands where the kernel copies it fastest (:func:`_copy_padding`).
     """
     row_patches = row_patches or {}
+    for name, data in (*replaced.items(), *added.items()):
+        check_finite(name, data)
     fields = [f for f in source.fields.values() if not drop_keys(f.key)]
     for name, data in replaced.items():
         size = next(t.n_bytes for t in source.tensors if t.name == name)

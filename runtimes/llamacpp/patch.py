@@ -70,8 +70,9 @@ def embedded_profile(weights: GGUFWeights) -> dict | None:
     file = weights.file
     if _KEY_SHA not in file.fields:
         return None
-    return {"names": file.value(_KEY_NAMES), "sha256": file.value(_KEY_SHA), "yaml": file.value(_KEY_YAML),
-            "steerkit": file.value(_KEY_VERSION), "approximation": file.value(_KEY_APPROX)}
+    return {"names": file.typed(_KEY_NAMES, "strings"), "sha256": file.typed(_KEY_SHA, "string"),
+            "yaml": file.typed(_KEY_YAML, "string"), "steerkit": file.typed(_KEY_VERSION, "string"),
+            "approximation": file.typed(_KEY_APPROX, "string")}
 
 
 def control_vector_path(output: Path) -> Path:

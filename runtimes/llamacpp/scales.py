@@ -32,12 +32,17 @@ def _scale_float_rows(rows: np.ndarray, qtype: Q, factors: np.ndarray) -> None:
     if qtype == Q.BF16:
         # bf16 is the top half of an fp32: widen, scale, round to nearest even, narrow.
         wide = (rows.view(np.uint16).astype(np.uint32) << 16).view(np.float32) * factors[:, None]
+        if not np.isfinite(wide).all():
+            raise SteerkitError("scaling overflows BF16 values (factor too large)")
         bits = wide.view(np.uint32)
         bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
         rows.view(np.uint16)[...] = bits.astype(np.uint16)
         return
     values = rows.view(_FLOAT_TYPES[qtype])
-    values[...] = (values.astype(np.float32) * factors[:, None]).astype(values.dtype)
+    scaled = (values.astype(np.float32) * factors[:, None]).astype(values.dtype)
+    if not np.isfinite(scaled).all():
+        raise SteerkitError(f"scaling overflows {qtype.name} values (factor too large)")
+    values[...] = scaled
 
 
 def scale_rows(data: np.ndarray, qtype: Q, rows: np.ndarray, factors: np.ndarray, tensor_name: str) -> np.ndarray:

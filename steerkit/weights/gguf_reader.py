@@ -23,12 +23,16 @@ from steerkit.weights.base import ModelInfo, WeightReader
 __all__ = ["GGUFWeights"]
 
 
-def _field(file: GGUFFile, key: str, default=None):
-    value = file.value(key, default)
+_MAX_SIZE = 1 << 20  # layers, widths and vocabularies of real models are far below this
+
+
+def _field(file: GGUFFile, key: str, kind: str, default=None):
+    """A metadata value of ``kind`` (see :meth:`GGUFFile.typed`); sizes must be in 1..2**20."""
+    value = file.typed(key, kind, default)
     if value is None:
         raise SteerkitError(f"{file.path}: GGUF metadata key {key!r} is missing")
-    if isinstance(value, list):  # per-layer arrays (e.g. feed_forward_length): take the first
-        value = value[0]
+    if kind == "int" and not 1 <= value <= _MAX_SIZE:
+        raise SteerkitError(f"{file.path}: GGUF metadata {key}: {value} is out of range 1..{_MAX_SIZE}")
     return value
 
 
@@ -38,20 +42,40 @@ class GGUFWeights(WeightReader):
     def __init__(self, path: Path, label: str | None = None) -> None:
         self.path = Path(path)
         self.file = GGUFFile(self.path)
-        arch_name = str(_field(self.file, "general.architecture"))
+        arch_name = _field(self.file, "general.architecture", "string")
         arch = arch_for_gguf(arch_name, str(self.path))
         self._tensors = {t.name: t for t in self.file.tensors}
         self._token_strings: list[str] | None = None
         token_embd = self._tensor("token_embd.weight")
         self.info = ModelInfo(
             arch=arch,
-            n_layers=int(_field(self.file, f"{arch_name}.block_count")),
-            d_model=int(_field(self.file, f"{arch_name}.embedding_length")),
-            d_ff=int(_field(self.file, f"{arch_name}.feed_forward_length")),
-            vocab_size=int(self._tensor("output.weight", token_embd).shape[1]),
-            rms_eps=float(_field(self.file, f"{arch_name}.attention.layer_norm_rms_epsilon", 1e-6)),
+            n_layers=int(_field(self.file, f"{arch_name}.block_count", "int")),
+            d_model=int(_field(self.file, f"{arch_name}.embedding_length", "int")),
+            d_ff=int(_field(self.file, f"{arch_name}.feed_forward_length", "int")),
+            vocab_size=int(self._tensor("output.weight", token_embd).shape[-1]),
+            rms_eps=float(_field(self.file, f"{arch_name}.attention.layer_norm_rms_epsilon", "float", 1e-6)),
             label=label or str(self.path),
         )
+        self._check_shapes()
+
+    def _check_shapes(self) -> None:
+        """Every tensor neuron decoding reads exists with the shape the metadata implies (one line if not)."""
+        info = self.info
+        wanted = {"token_embd.weight": (info.d_model, info.vocab_size), "output_norm.weight": (info.d_model,)}
+        if "output.weight" in self._tensors:
+            wanted["output.weight"] = (info.d_model, info.vocab_size)
+        for layer in range(info.n_layers):
+            for kind, shape in ((MODEL_TENSOR.FFN_UP, (info.d_model, info.d_ff)),
+                                (MODEL_TENSOR.FFN_DOWN, (info.d_ff, info.d_model))):
+                wanted[TENSOR_NAMES[kind].format(bid=layer) + ".weight"] = shape
+            gate = TENSOR_NAMES[MODEL_TENSOR.FFN_GATE].format(bid=layer) + ".weight"
+            if gate in self._tensors:
+                wanted[gate] = (info.d_model, info.d_ff)
+        for name, shape in wanted.items():
+            found = self._tensor(name).shape
+            if tuple(found) != shape:
+                raise SteerkitError(f"{self.path}: tensor {name} has shape {list(found)}, expected {list(shape)} "
+                                    f"from the model's metadata")
 
     def _tensor(self, name: str, fallback=None):
         tensor = self._tensors.get(name, fallback)
@@ -116,7 +140,7 @@ class GGUFWeights(WeightReader):
 
     def tokens(self) -> list[str]:
         if self._token_strings is None:
-            strings = list(self.file.value("tokenizer.ggml.tokens", []))
+            strings = list(self.file.typed("tokenizer.ggml.tokens", "strings", []))
             strings += [f"<#{i}>" for i in range(len(strings), self.info.vocab_size)]
             self._token_strings = strings[: self.info.vocab_size]
         return self._token_strings

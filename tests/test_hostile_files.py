@@ -1,0 +1,236 @@
+"""Hostile profiles, output targets, kills and races: one clean line, bounded work, nothing left behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hostile_gguf import tiny_llama
+from steerkit.cache import atomic_write, check_output_target, remove_stale
+from steerkit.errors import SteerkitError
+from steerkit.plan import compile_plan
+from steerkit.profile import MAX_EDIT_VALUE, Edit, Profile, load_profile, parse_profile
+from steerkit.weights import open_weights
+
+HEAD = ("steerkit: 1\nname: p\nmodel: {arch: llama, n_layers: 2, d_model: 8, d_ff: 16, vocab_size: 12}\n")
+EDITS = "edits:\n  - {layer: 1, neuron: 3, op: clamp, value: 2.0}\n"
+
+
+def _bomb(levels: int) -> str:
+    lines = ['  a0: &a0 ["x","x","x","x","x","x","x","x","x"]']
+    lines += [f"  a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, levels)]
+    return "provenance:\n" + "\n".join(lines) + "\n"
+
+
+PROFILES = {
+    "alias bomb": (HEAD + _bomb(9) + EDITS, ":5: YAML: anchors and aliases"),
+    "anchor chain": (HEAD + "provenance:\n" + "".join(f"  k{i}: &k{i} {i}\n" for i in range(3000)) + EDITS,
+                     "anchors and aliases"),
+    "deep flow nesting": (HEAD + "provenance: {x: " + "[" * 5000 + "]" * 5000 + "}\n" + EDITS,
+                          "nested more than 32 levels deep"),
+    "400-digit value": (HEAD + "edits:\n  - {layer: 1, neuron: 3, op: clamp, value: " + "9" * 400 + "}\n",
+                        "integer of 400 digits"),
+    "5000-digit layer": (HEAD + "edits:\n  - {layer: " + "9" * 5000 + ", neuron: 3, op: scale, value: 2}\n",
+                         "integer of 5000 digits"),
+    "huge float": (HEAD + "edits:\n  - {layer: 1, neuron: 3, op: add, value: 1.0e+300}\n", "outside ±100000"),
+    "infinite strength": (HEAD + "strength: .inf\n" + EDITS, "strength: expected a finite number"),
+    "strength too big": (HEAD + "strength: 1.0e+5\n" + EDITS, "strength: 100000 is outside ±1000"),
+    "lone surrogate": (HEAD.replace("name: p", 'name: "\\ud800"') + EDITS, "lone surrogate"),
+    "python tag": (HEAD + "provenance: !!python/object/apply:os.system ['true']\n" + EDITS, "YAML"),
+}
+
+
+@pytest.mark.parametrize("case", list(PROFILES))
+def test_hostile_profile_is_refused_in_one_line(tmp_path, case):
+    text, message = PROFILES[case]
+    path = tmp_path / "p.yaml"
+    path.write_text(text, encoding="utf-8", errors="surrogatepass")
+    started = time.perf_counter()
+    with pytest.raises(SteerkitError) as info:
+        load_profile(path)
+    assert time.perf_counter() - started < 5
+    assert message in str(info.value) and "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+# Any YAML a user could write: scalars of every kind, nesting, unicode (surrogates included), aliases.
+_SCALARS = st.one_of(st.integers(-(10 ** 60), 10 ** 60), st.floats(allow_nan=True, allow_infinity=True),
+                     st.text(max_size=20), st.booleans(), st.none())
+_YAML = st.recursive(_SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                         st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+                     max_leaves=30)
+
+
+def _to_yaml(value) -> str:
+    import json
+
+    return json.dumps(value, ensure_ascii=True)  # JSON is YAML; \\ud800 escapes survive as lone surrogates
+
+
+@settings(max_examples=200, deadline=2000)
+@given(field=st.sampled_from(["name", "strength", "positions", "description", "provenance", "value", "layer",
+                              "neuron", "op", "tokens", "score", "edits", "model"]), value=_YAML)
+def test_any_value_in_any_field_is_read_or_refused_cleanly(field, value):
+    edit = {"layer": 1, "neuron": 3, "op": "add", "value": 2.0}
+    top = {"steerkit": 1, "name": "p", "model": {"arch": "llama", "n_layers": 2, "d_model": 8, "d_ff": 16,
+                                                  "vocab_size": 12}, "edits": [edit]}
+    if field in edit or field in ("tokens", "score"):
+        edit[field] = value
+    else:
+        top[field] = value
+    try:
+        profile = parse_profile(_to_yaml(top), "fuzz.yaml")
+    except SteerkitError as exc:
+        assert "\n" not in str(exc)
+        return
+    for e in profile.edits:  # what is accepted is finite and bounded
+        assert np.isfinite(e.value) and abs(e.value) <= MAX_EDIT_VALUE
+    assert np.isfinite(profile.strength)
+
+
+@pytest.fixture
+def tiny_gguf(tmp_path):
+    path = tmp_path / "tiny.gguf"
+    path.write_bytes(tiny_llama().bytes())
+    return path
+
+
+def test_every_value_written_into_weights_is_finite(tiny_gguf, tmp_path):
+    from steerkit.runtimes.llamacpp.cvec import export_control_vector, write_control_vector
+    from steerkit.runtimes.llamacpp.patch import patch_gguf
+
+    reader = open_weights(str(tiny_gguf))
+    loud = Profile("loud", reader.binding(), [Edit(1, 3, "scale", MAX_EDIT_VALUE), Edit(1, 4, "add", MAX_EDIT_VALUE)])
+    out = tmp_path / "out.gguf"
+    # Bounded edits at the largest strength still fit F32 weights: written, and every value is finite.
+    patch_gguf(tiny_gguf, [loud], out, strength=1000)
+    patched = open_weights(str(out))
+    assert np.isfinite(patched.up_rows(1)).all() and np.isfinite(patched.file.tensors[-1].data).all()
+    vector = export_control_vector(compile_plan([loud], reader.binding(), 1000), reader, progress=False)
+    write_control_vector(vector, 2, tmp_path / "v.gguf")
+    for strength in (float("nan"), float("inf"), 1e39):
+        with pytest.raises(SteerkitError, match="strength"):
+            compile_plan([loud], reader.binding(), strength)
+
+
+def test_an_fp16_scale_that_would_overflow_is_refused(tmp_path):
+    from steerkit.runtimes.llamacpp.scales import scale_rows
+
+    rows = np.full((2, 4), 60000, dtype=np.float16)
+    from gguf import GGMLQuantizationType
+
+    with pytest.raises(SteerkitError, match="overflows F16"):
+        scale_rows(rows.view(np.uint8).reshape(2, -1).view(np.float16), GGMLQuantizationType.F16, np.array([0]),
+                   np.array([2.0]), "t")
+
+
+@pytest.mark.parametrize("target", ["/dev/null", "fifo", "folder"])
+def test_outputs_never_replace_what_is_not_a_regular_file(tmp_path, target):
+    if target == "fifo":
+        target = tmp_path / "fifo"
+        os.mkfifo(target)
+    elif target == "folder":
+        target = tmp_path
+    with pytest.raises(SteerkitError, match="not a regular file"):
+        with atomic_write(target) as tmp:
+            tmp.write_text("x")
+    assert os.path.exists("/dev/null") and not os.path.isfile("/dev/null")
+    assert check_output_target(tmp_path / "new.gguf") == tmp_path / "new.gguf"
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_leftovers_of_dead_processes_are_removed_and_live_ones_kept(tmp_path):
+    import socket
+
+    from steerkit.cache import _owner_tag
+
+    host = _owner_tag()[1:].rpartition("-")[0]
+    dead, alive = _dead_pid(), os.getpid()
+    stale = tmp_path / f".out.gguf.~{host}-{dead}~abc.gguf.tmp"
+    live = tmp_path / f".out.gguf.~{host}-{alive}~def.gguf.tmp"
+    other_host = tmp_path / f".out.gguf.~elsewhere-{dead}~ghi.gguf.tmp"
+    stale_dir = tmp_path / f".convert~{host}-{dead}~xyz"
+    stale_dir.mkdir()
+    (stale_dir / "model.safetensors").write_bytes(b"half")
+    for path in (stale, live, other_host):
+        path.write_bytes(b"partial")
+    with atomic_write(tmp_path / "out.gguf") as tmp:
+        tmp.write_bytes(b"done")
+    assert not stale.exists() and live.exists() and other_host.exists() and stale_dir.exists()
+    remove_stale(tmp_path)  # what every look into a cache folder does
+    assert not stale_dir.exists() and live.exists()
+    assert socket.gethostname()  # the owner tag names this host
+
+
+def test_sigkill_during_patch_leaves_nothing_the_next_run_keeps(tmp_path):
+    """Kill `steerkit patch` of the real default model at random moments; the next run cleans up and succeeds."""
+    from steerkit.sources import resolve_model
+
+    model = resolve_model(None).path
+    profile = os.path.join(os.path.dirname(__file__), "..", "profiles", "dog-clamp.yaml")
+    out = tmp_path / "out.gguf"
+    command = [sys.executable, "-m", "steerkit.cli", "patch", str(model), profile, "-o", str(out)]
+    rng = np.random.default_rng(0)
+    killed_mid_write = 0
+    for _ in range(6):
+        child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        # Kill while the output is being written: once its temporary file appears, after a random moment.
+        while child.poll() is None and time.monotonic() < deadline and not any(
+                name.endswith(".tmp") for name in os.listdir(tmp_path)):
+            time.sleep(0.005)
+        time.sleep(float(rng.uniform(0.0, 0.15)))
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        killed_mid_write += any(name.endswith(".tmp") for name in os.listdir(tmp_path))
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert os.listdir(tmp_path) == ["out.gguf"]  # every dead run's temporary file is gone
+    print(f"{killed_mid_write} of 6 kills left a temporary file; the next run removed them")
+    assert killed_mid_write >= 3  # the kills did land inside the write
+
+
+def test_first_runs_racing_on_an_empty_cache_all_succeed(tmp_path):
+    """Three processes open the same model for the first time on one empty cache: fingerprint index and atlas."""
+    gguf = tmp_path / "race.gguf"
+    gguf.write_bytes(tiny_llama(d_model=32, d_ff=64, vocab=256, layers=3).bytes())
+    code = ("import sys; from steerkit.weights import open_weights; from steerkit.atlas import atlas_for; "
+            "r = open_weights(sys.argv[1]); a = atlas_for(r, progress=False); print(a.token_ids.shape)")
+    env = {**os.environ, "STEERKIT_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    children = [subprocess.Popen([sys.executable, "-c", code, str(gguf)], env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    results = [child.communicate(timeout=300) + (child.returncode,) for child in children]
+    assert all(rc == 0 for _, _, rc in results), [err[-500:] for _, err, _ in results]
+    assert len({out for out, _, _ in results}) == 1
+    leftovers = [name for _, _, names in os.walk(tmp_path / "cache") for name in names if name.endswith(".tmp")]
+    assert not leftovers
+
+
+def test_a_folder_published_first_by_another_process_is_kept(tmp_path):
+    """The transformers conversion's last step when two first runs race: the loser drops its copy."""
+    from steerkit.cache import publish_dir
+
+    target = tmp_path / "conversion"
+    for name in ("ours", "theirs"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.safetensors").write_text(name)
+    publish_dir(tmp_path / "theirs", target, "model.safetensors")
+    publish_dir(tmp_path / "ours", target, "model.safetensors")  # target exists and is complete: no error
+    assert (target / "model.safetensors").read_text() == "theirs" and not (tmp_path / "ours").exists()
+    (tmp_path / "again").mkdir()
+    (tmp_path / "again" / "x").write_text("x")
+    (target / "model.safetensors").rename(target / "partial")  # a target without its complete file is not "published"
+    with pytest.raises(OSError):
+        publish_dir(tmp_path / "again", target, "model.safetensors")
