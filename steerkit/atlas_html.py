@@ -106,6 +106,16 @@ render();
 """
 
 
+def _script_json(value) -> str:
+    """JSON safe inside a ``<script>`` element: no ``<`` (``</script>``, ``<!--``), ``>`` or ``&`` can end or
+    re-open it, and the two line separators JavaScript strings once refused are escaped."""
+    text = json.dumps(value, separators=(",", ":"))
+    for char, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"),
+                          ("\u2029", "\\u2029")):
+        text = text.replace(char, escaped)
+    return text
+
+
 def write_atlas_html(atlas: Atlas, path: str | Path) -> Path:
     """Write the browsing page for ``atlas`` to ``path`` (atomically); return the path."""
     shown = atlas.token_ids[..., :TOKENS_SHOWN]
@@ -124,8 +134,9 @@ def write_atlas_html(atlas: Atlas, path: str | Path) -> Path:
     counts = word_like_counts(atlas)
     meta = atlas.meta
     summary = (
-        f"{meta['arch']} model, {meta['n_layers']} layers x {meta['d_ff']} neurons, vocabulary {meta['vocab_size']}; "
-        f"fingerprint <code>{meta['fingerprint'][:16]}</code>. Views: read = up_proj row (what the neuron responds to), "
+        f"{html.escape(str(meta['arch']))} model, {int(meta['n_layers'])} layers x {int(meta['d_ff'])} neurons, "
+        f"vocabulary {int(meta['vocab_size'])}; "
+        f"fingerprint <code>{html.escape(str(meta['fingerprint'])[:16])}</code>. Views: read = up_proj row (what the neuron responds to), "
         "write = down_proj column (what it promotes); +/- = sign. Each cell: top tokens, then the top token's probability."
     )
     page = _PAGE.format(
@@ -133,9 +144,9 @@ def write_atlas_html(atlas: Atlas, path: str | Path) -> Path:
         summary=summary,
         histogram=_histogram_svg(counts, atlas.d_ff),
         view_headers="".join(f"<th>{v.label}</th>" for v in VIEWS),
-        vocab=json.dumps(vocab).replace("</", "<\\/"),
-        views=json.dumps([v.label for v in VIEWS]),
-        data=json.dumps(data, separators=(",", ":")),
+        vocab=_script_json(vocab),
+        views=_script_json([v.label for v in VIEWS]),
+        data=_script_json(data),
     )
     with atomic_write(path, suffix=".html") as tmp:
         tmp.write_text(page, encoding="utf-8")

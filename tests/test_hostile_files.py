@@ -234,3 +234,39 @@ def test_a_folder_published_first_by_another_process_is_kept(tmp_path):
     (target / "model.safetensors").rename(target / "partial")  # a target without its complete file is not "published"
     with pytest.raises(OSError):
         publish_dir(tmp_path / "again", target, "model.safetensors")
+
+
+def test_atlas_page_keeps_hostile_tokens_out_of_its_markup(tmp_path):
+    import copy as copying
+
+    from hostile_gguf import ARRAY, STRING
+    from steerkit.atlas import build_atlas
+    from steerkit.atlas_html import write_atlas_html
+
+    gguf = tiny_llama(vocab=12)
+    hostile = ["</script><script>alert(1)</script>", "<!--<script>", "&amp;", "\u2028x"] + [f"t{i}" for i in range(8)]
+    gguf = copying.deepcopy(gguf)
+    gguf.kv = [kv for kv in gguf.kv if kv[0] != "tokenizer.ggml.tokens"] + [("tokenizer.ggml.tokens", ARRAY, hostile,
+                                                                             STRING)]
+    path = tmp_path / "h.gguf"
+    path.write_bytes(gguf.bytes())
+    atlas = build_atlas(open_weights(str(path)), top_k=4, progress=False)
+    page = write_atlas_html(atlas, tmp_path / "atlas.html").read_text()
+    assert page.count("<script") == 1 and page.count("</script") == 1 and "<!--" not in page.split("<script")[1]
+    import json
+    import re
+
+    vocab = json.loads(re.search(r"const VOCAB\s*=\s*(\[.*?\]);", page, re.S).group(1))
+    assert vocab[:3] == hostile[:3]  # the tokens themselves survive, escaped (line separators are shown as \\u2028)
+
+
+def test_a_device_this_machine_lacks_is_refused_before_loading():
+    import torch
+
+    from steerkit.runtimes import load_backend
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    for device, message in (("cuda", "no CUDA device"), ("tpu", "unknown device"), ("cuda:x", "unknown device")):
+        with pytest.raises(SteerkitError, match=message):
+            load_backend("smollm2-135m", "hf", device)
