@@ -265,6 +265,9 @@ def discover_command(
 
     Exits 1 without writing when no setting inside the fluency budget moves the concept (--force writes anyway).
     """
+    from steerkit.concept import normalise_concept
+
+    normalise_concept(concept)  # before torch, the model or the atlas
     from steerkit.api import discover
     from steerkit.discovery import discovered_profile_path
     from steerkit.profile import save_profile
@@ -349,6 +352,9 @@ def steer_command(
     Uses the shipped profile for CONCEPT when it fits the model, else a profile
     discovered earlier (cached), else discovers one now (about a minute).
     """
+    from steerkit.concept import normalise_concept
+
+    normalise_concept(concept)  # a bad word fails here, before torch or the model load
     from steerkit.discovery import profile_for_concept
 
     sampling = _sampling(greedy, temperature, seed, repetition_penalty)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from steerkit.errors import SteerkitError
 from steerkit.vocab import space_marker, word_variants
 
-__all__ = ["Concept", "concept_from_word", "MAX_WORDS", "MAX_LETTERS"]
+__all__ = ["Concept", "concept_from_word", "normalise_concept", "MAX_WORDS", "MAX_LETTERS"]
 
 _MIN_PIECE_LETTERS = 3  # shorter first pieces ("Ġe") would stand for thousands of words
 MAX_WORDS = 4
@@ -52,11 +52,10 @@ class Concept:
         return bool(self.pattern.search(text))
 
 
-def concept_from_word(word: str, vocab: list[str]) -> Concept:
-    """The :class:`Concept` for ``word`` in this vocabulary; a one-line error if it cannot be found.
+def normalise_concept(word: str) -> str:
+    """``word`` with its spaces normalised, or a one-line error if it is not a word or short phrase.
 
-    >>> concept_from_word("dog", vocab).tokens      # doctest: +SKIP
-    ('Dog', 'Dogs', 'dog', 'dogs', 'ĠDog', 'ĠDogs', 'Ġdog', 'Ġdogs')
+    Needs no model: commands call it before loading anything.
     """
     word = " ".join(word.split())
     if not word:
@@ -64,6 +63,16 @@ def concept_from_word(word: str, vocab: list[str]) -> Concept:
     if len(word) > MAX_LETTERS or not re.fullmatch(rf"{_WORD}(?: {_WORD}){{0,{MAX_WORDS - 1}}}", word):
         raise SteerkitError(f"concept {word[:MAX_LETTERS]!r}: expected a word or a phrase of up to {MAX_WORDS} words "
                             f"made of letters, at most {MAX_LETTERS} characters (e.g. 'dog', 'Paris', 'ice cream')")
+    return word
+
+
+def concept_from_word(word: str, vocab: list[str]) -> Concept:
+    """The :class:`Concept` for ``word`` in this vocabulary; a one-line error if it cannot be found.
+
+    >>> concept_from_word("dog", vocab).tokens      # doctest: +SKIP
+    ('Dog', 'Dogs', 'dog', 'dogs', 'ĠDog', 'ĠDogs', 'Ġdog', 'Ġdogs')
+    """
+    word = normalise_concept(word)
     parts = [part for part in word.split() if len(part) >= _MIN_PIECE_LETTERS] or word.split()
     if len(parts) == 1 and " " not in word:
         return _word_concept(word, vocab)

@@ -146,3 +146,13 @@ def test_approximate_patch_of_a_gguf_transformers_cannot_load_is_one_line(tmp_pa
     assert result.returncode == 1 and "transformers cannot load this GGUF" in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "o.gguf").exists() and not (tmp_path / "o.cvec.gguf").exists()
+
+
+def test_bad_words_fail_before_torch_or_a_model_loads():
+    """With torch and llama.cpp unimportable, a bad concept still gets its one-line error: nothing heavy ran first."""
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['llama_cpp'] = None; "
+            "from steerkit.cli import main; sys.argv = ['steerkit', *sys.argv[1:]]; main()")
+    for args in (["steer", "../../etc/passwd", "hi"], ["discover", "x" * 10000], ["steer", "a1", "hi", "--suppress"]):
+        result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.startswith("error: concept") and len(result.stderr.splitlines()) == 1, result.stderr
