@@ -260,10 +260,14 @@ def _provenance(concept, candidates, baseline, sweep, chosen, budget, prompts, s
 
 
 def discovered_profile_path(reader: WeightReader, word: str, suppress: bool = False):
-    """Where ``discover`` caches the profile for ``word`` on this model (and ``steer`` looks for it)."""
+    """Where ``discover`` caches the profile for ``word`` on this model (and ``steer`` looks for it).
+
+    The name holds the steerkit version: a profile discovered by another version's method is not reused.
+    """
     from steerkit.cache import cache_dir
 
-    return cache_dir("profiles") / f"{reader.fingerprint()[:16]}-{profile_name(word, suppress)}.yaml"
+    method = hashlib.sha256(f"discovery|{__version__}".encode()).hexdigest()[:8]
+    return cache_dir("profiles") / f"{reader.fingerprint()[:16]}-{profile_name(word, suppress)}-{method}.yaml"
 
 
 def profile_for_concept(word: str, model: str | None = None, suppress: bool = False,

@@ -183,24 +183,48 @@ def test_fuzzed_headers_are_read_or_refused_cleanly(tmp_path, data):
 
 
 def _run(*args: str, cwd) -> tuple[subprocess.CompletedProcess, int]:
-    """Run the CLI; return the result and the child's peak RSS in bytes."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    result = subprocess.run([sys.executable, "-m", "steerkit.cli", *args], capture_output=True, text=True,
+    """Run the CLI; return the result and that process's own peak RSS in bytes (reported as it exits)."""
+    report = cwd.parent / f"rss-{os.getpid()}.txt"
+    code = ("import atexit, resource, sys\n"
+            "report = sys.argv[1]\n"
+            "atexit.register(lambda: open(report, 'w').write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)))\n"
+            "sys.argv = ['steerkit', *sys.argv[2:]]\n"
+            "from steerkit.cli import main\nmain()\n")
+    result = subprocess.run([sys.executable, "-c", code, str(report), *args], capture_output=True, text=True,
                             timeout=60, cwd=cwd, env={**os.environ, "STEERKIT_CACHE": str(cwd / "cache")})
-    return result, max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) * 1024
+    rss = int(report.read_text()) * 1024
+    report.unlink()
+    return result, rss
 
 
-RSS_MARGIN = 400 << 20  # Python, numpy, gguf-py and torch-free steerkit start at ~150 MB; a hostile header adds nothing
+RSS_MARGIN = 64 << 20  # over the same command on a valid model of the same size: a hostile header may cost no more
+_BASELINE_RSS: dict[str, int] = {}
+
+
+def _baseline_rss(command: str, tmp_path_factory) -> int:
+    """Peak RSS of ``command`` on a valid tiny model, measured once per session (same interpreter, same imports)."""
+    if command not in _BASELINE_RSS:
+        folder = tmp_path_factory.mktemp("valid")
+        path = _write(folder, tiny_llama(), "model.gguf")
+        profile = folder / "p.yaml"
+        profile.write_text(_PROFILE)
+        args = {"patch": ["patch", str(path), str(profile), "-o", str(folder / "out.gguf")],
+                "neuron": ["neuron", "1:3", "--model", str(path)], "inspect": ["inspect", str(path)]}[command]
+        _BASELINE_RSS[command] = _run(*args, cwd=folder)[1]
+    return _BASELINE_RSS[command]
+
+
+_PROFILE = ("steerkit: 1\nname: p\nmodel: {arch: llama, n_layers: 2, d_model: 8, d_ff: 16, vocab_size: 12}\n"
+            "edits:\n  - {layer: 1, neuron: 3, op: scale, value: 2.0}\n")
 
 
 @pytest.mark.parametrize("case", ["alignment 0", "duplicate tensor", "nested 20000 deep", "counts lie",
                                   "unaligned offset"])
-def test_commands_refuse_hostile_models_and_leave_nothing(tmp_path, case):
+def test_commands_refuse_hostile_models_and_leave_nothing(tmp_path, tmp_path_factory, case):
     gguf, message = CASES[case]
     path = _write(tmp_path, gguf, "model.gguf")
     profile = tmp_path / "p.yaml"
-    profile.write_text("steerkit: 1\nname: p\nmodel: {arch: llama, n_layers: 2, d_model: 8, d_ff: 16, vocab_size: 12}\n"
-                       "edits:\n  - {layer: 1, neuron: 3, op: scale, value: 2.0}\n")
+    profile.write_text(_PROFILE)
     before = sorted(os.listdir(tmp_path))
     for args in (["patch", str(path), str(profile), "-o", str(tmp_path / "out.gguf")], ["neuron", "1:3", "--model", str(path)],
                  ["inspect", str(path)]):
@@ -208,5 +232,7 @@ def test_commands_refuse_hostile_models_and_leave_nothing(tmp_path, case):
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
         assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.stderr
-        assert rss <= path.stat().st_size + RSS_MARGIN
+        baseline = _baseline_rss(args[0], tmp_path_factory)
+        print(f"{case}: {args[0]} peak RSS {rss / 2**20:.0f} MiB (valid model: {baseline / 2**20:.0f} MiB)")
+        assert rss <= baseline + path.stat().st_size + RSS_MARGIN
     assert sorted(os.listdir(tmp_path)) == before  # no output, no temporary file, no cache entry
