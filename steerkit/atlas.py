@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,16 +92,22 @@ def load_atlas(path: str | Path) -> Atlas:
     try:
         with np.load(path, allow_pickle=False) as data:
             if str(data["format"]) != FORMAT:
-                raise SteerkitError(f"{path}: not a {FORMAT} file (format {str(data['format'])!r})")
-            return Atlas(
+                raise SteerkitError(f"{path}: not a {FORMAT} file (format {str(data['format'])[:40]!r})")
+            atlas = Atlas(
                 meta=json.loads(str(data["meta"])),
                 vocab=json.loads(str(data["vocab"])),
                 token_ids=data["token_ids"],
                 probs=data["probs"],
                 lse=data["lse"],
             )
-    except (OSError, ValueError, KeyError) as exc:
-        raise SteerkitError(f"{path}: cannot read atlas ({exc})") from exc
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise SteerkitError(f"{path}: cannot read atlas ({type(exc).__name__}: {str(exc)[:200]})") from exc
+    shape = atlas.token_ids.shape
+    if (atlas.token_ids.ndim != 4 or atlas.probs.shape != shape or atlas.lse.shape != shape[:3]
+            or not isinstance(atlas.vocab, list) or not isinstance(atlas.meta, dict)
+            or (atlas.token_ids.size and (atlas.token_ids.min() < 0 or atlas.token_ids.max() >= len(atlas.vocab)))):
+        raise SteerkitError(f"{path}: damaged atlas (arrays or vocabulary do not fit together)")
+    return atlas
 
 
 def _top_k_grouped(logits: torch.Tensor, top_k: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -235,7 +242,10 @@ def atlas_for(reader: WeightReader, top_k: int = 10, progress: bool = True) -> A
     """The model's atlas from the cache, building and caching it on first use."""
     path = atlas_path(reader.fingerprint(), top_k)
     if path.is_file():
-        return load_atlas(path)
+        try:
+            return load_atlas(path)
+        except SteerkitError:
+            pass  # a damaged cache entry is rebuilt, not reported
     atlas = build_atlas(reader, top_k, progress)
     atlas.save(path)
     return atlas

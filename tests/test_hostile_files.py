@@ -270,3 +270,32 @@ def test_a_device_this_machine_lacks_is_refused_before_loading():
     for device, message in (("cuda", "no CUDA device"), ("tpu", "unknown device"), ("cuda:x", "unknown device")):
         with pytest.raises(SteerkitError, match=message):
             load_backend("smollm2-135m", "hf", device)
+
+
+def test_prompt_files_are_read_bounded(tmp_path):
+    from steerkit.prompts import read_prompts
+
+    fifo = tmp_path / "fifo.txt"
+    os.mkfifo(fifo)
+    big = tmp_path / "big.txt"
+    big.write_bytes(b"x\n" * (1 << 20))
+    for path, message in ((fifo, "not a regular file"), ("/dev/zero", "not a regular file"), (big, "limit"),
+                          (tmp_path / ("a" * 300), "too long")):
+        with pytest.raises(SteerkitError, match=message):
+            read_prompts(path)
+
+
+def test_a_damaged_cached_atlas_is_rebuilt_and_a_damaged_file_refused(tmp_path, monkeypatch):
+    from steerkit.atlas import atlas_for, atlas_path, load_atlas
+
+    monkeypatch.setenv("STEERKIT_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "tiny.gguf"
+    path.write_bytes(tiny_llama().bytes())
+    reader = open_weights(str(path))
+    good = atlas_for(reader, top_k=3, progress=False)
+    cached = atlas_path(reader.fingerprint(), 3)
+    cached.write_bytes(cached.read_bytes()[:200])  # truncated
+    with pytest.raises(SteerkitError, match="cannot read atlas"):
+        load_atlas(cached)
+    again = atlas_for(reader, top_k=3, progress=False)
+    assert np.array_equal(again.token_ids, good.token_ids) and load_atlas(cached).token_ids.shape == good.token_ids.shape
