@@ -299,3 +299,25 @@ def test_a_damaged_cached_atlas_is_rebuilt_and_a_damaged_file_refused(tmp_path, 
         load_atlas(cached)
     again = atlas_for(reader, top_k=3, progress=False)
     assert np.array_equal(again.token_ids, good.token_ids) and load_atlas(cached).token_ids.shape == good.token_ids.shape
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: [c], "expected a JSON object, got list"),
+    (lambda c: {**c, "hidden_size": "64"}, "hidden_size: expected an integer"),
+    (lambda c: {**c, "num_hidden_layers": 10 ** 40}, "num_hidden_layers: expected an integer in 1..1048576"),
+    (lambda c: {**c, "intermediate_size": c["intermediate_size"] + 1}, "expected [49, 32] from config.json"),
+    (lambda c: {**c, "rms_norm_eps": "tiny"}, "rms_norm_eps: expected a finite number"),
+    (lambda c: {k: v for k, v in c.items() if k != "vocab_size"}, "missing field 'vocab_size'"),
+])
+def test_hostile_hf_config_is_refused_in_one_line(tmp_path, change, message):
+    import json
+
+    from tiny_models import tiny_model
+
+    folder = tmp_path / "hf"
+    tiny_model("llama").save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(change(config)))
+    with pytest.raises(SteerkitError) as info:
+        open_weights(str(folder))
+    assert message in str(info.value) and "\n" not in str(info.value), str(info.value)

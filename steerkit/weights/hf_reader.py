@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +18,34 @@ from steerkit.weights.base import ModelInfo, WeightReader
 __all__ = ["HFWeights"]
 
 
+_MAX_JSON_BYTES = 64 << 20  # tokenizer.json of a 256k vocabulary is ~35 MB
+_MAX_SIZE = 1 << 20
+
+
 def _read_json(path: Path) -> dict:
+    """A JSON object from a regular file of bounded size (one line naming the file if not)."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise SteerkitError(f"{path}: cannot read JSON ({exc})") from exc
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise SteerkitError(f"{path}: not a regular file")
+        with path.open("rb") as handle:
+            data = handle.read(_MAX_JSON_BYTES + 1)
+        if len(data) > _MAX_JSON_BYTES:
+            raise SteerkitError(f"{path}: over the {_MAX_JSON_BYTES}-byte limit")
+        value = json.loads(data)
+    except (OSError, ValueError, RecursionError) as exc:
+        raise SteerkitError(f"{path}: cannot read JSON ({type(exc).__name__}: {str(exc)[:200]})") from exc
+    if not isinstance(value, dict):
+        raise SteerkitError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _size(config: dict, key: str, where: Path) -> int:
+    value = config.get(key)
+    if value is None:
+        raise SteerkitError(f"{where}: missing field {key!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_SIZE:
+        raise SteerkitError(f"{where}: {key}: expected an integer in 1..{_MAX_SIZE}, got {str(value)[:40]}")
+    return value
 
 
 class HFWeights(WeightReader):
@@ -32,6 +57,8 @@ class HFWeights(WeightReader):
         self.folder = Path(folder)
         config = _read_json(self.folder / "config.json")
         config = config.get("text_config", config) if config.get("model_type") == "gemma3" else config
+        if not isinstance(config, dict):
+            raise SteerkitError(f"{self.folder / 'config.json'}: text_config: expected a JSON object")
         arch = arch_for_hf(str(config.get("model_type")), str(self.folder / "config.json"))
         self._files = sorted(self.folder.glob("*.safetensors"))
         if not self._files:
@@ -48,18 +75,42 @@ class HFWeights(WeightReader):
                 self._where[key] = path
         self._tied = "lm_head.weight" not in self._where
         self._config = config
-        try:
-            self.info = ModelInfo(
-                arch=arch,
-                n_layers=int(config["num_hidden_layers"]),
-                d_model=int(config["hidden_size"]),
-                d_ff=int(config["intermediate_size"]),
-                vocab_size=int(config["vocab_size"]),
-                rms_eps=float(config.get("rms_norm_eps", 1e-6)),
-                label=label or str(self.folder),
-            )
-        except KeyError as exc:
-            raise SteerkitError(f"{self.folder / 'config.json'}: missing field {exc.args[0]!r}") from exc
+        where = self.folder / "config.json"
+        eps = config.get("rms_norm_eps", 1e-6)
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps):
+            raise SteerkitError(f"{where}: rms_norm_eps: expected a finite number, got {str(eps)[:40]}")
+        self.info = ModelInfo(
+            arch=arch,
+            n_layers=_size(config, "num_hidden_layers", where),
+            d_model=_size(config, "hidden_size", where),
+            d_ff=_size(config, "intermediate_size", where),
+            vocab_size=_size(config, "vocab_size", where),
+            rms_eps=float(eps),
+            label=label or str(self.folder),
+        )
+        self._check_shapes()
+
+    def _shape(self, name: str) -> tuple[int, ...]:
+        for key in (name, f"language_model.{name}", f"model.language_model.{name.removeprefix('model.')}"):
+            if key in self._where:
+                return tuple(self._handles[self._where[key]].get_slice(key).get_shape())
+        raise SteerkitError(f"{self.folder}: tensor {name!r} is missing (is this a complete model?)")
+
+    def _check_shapes(self) -> None:
+        """The MLP, norm and head tensors exist with the shapes config.json implies (a one-line error if not)."""
+        info = self.info
+        wanted = {"model.norm.weight": (info.d_model,), "model.embed_tokens.weight": (info.vocab_size, info.d_model)}
+        if not self._tied:
+            wanted["lm_head.weight"] = (info.vocab_size, info.d_model)
+        for layer in range(info.n_layers):
+            prefix = info.arch.hf_mlp_path.format(layer=layer)
+            wanted[f"{prefix}.up_proj.weight"] = (info.d_ff, info.d_model)
+            wanted[f"{prefix}.gate_proj.weight"] = (info.d_ff, info.d_model)
+            wanted[f"{prefix}.down_proj.weight"] = (info.d_model, info.d_ff)
+        for name, shape in wanted.items():
+            if self._shape(name) != shape:
+                raise SteerkitError(f"{self.folder}: tensor {name} has shape {list(self._shape(name))}, expected "
+                                    f"{list(shape)} from config.json")
 
     def _get(self, name: str) -> np.ndarray:
         # Checkpoints saved from a multimodal Gemma 3 nest the text model.
