@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from tiny_models import save_gguf, tiny_model
 
@@ -78,9 +79,29 @@ def test_map_neuron_find_compare(gguf, tmp_path):
     result = run_cli("neuron", "2:5", "--model", gguf)
     assert result.returncode == 0 and "read+" in result.stdout and "write-" in result.stdout
     result = run_cli("find", "dog", "--model", gguf)
-    assert result.returncode == 0 and "'dog'" in result.stdout
+    import re
+
+    firsts = [re.search(r"p=\S+\s+'([^']*)'", line).group(1) for line in result.stdout.splitlines()
+              if line.strip()[:1].isdigit()]
+    assert result.returncode == 0 and len(firsts) >= 5
+    # Every neuron found decodes to a form of the word first.
+    assert all(first.strip().lower().startswith("dog") for first in firsts), result.stdout
     result = run_cli("compare", gguf, gguf)
     assert result.returncode == 0 and "read+   100.0%" in result.stdout
+
+
+def test_neuron_shows_a_planted_neuron_writing_its_word(tmp_path):
+    model = tiny_model("llama")
+    with torch.no_grad():
+        dog = model.model.embed_tokens.weight[[0, 1, 2, 3]].sum(0)  # the tiny vocabulary's four dog tokens
+        model.model.layers[2].mlp.down_proj.weight[:, 7] = 10 * dog / dog.norm()
+    path = str(save_gguf(model, tmp_path / "planted.gguf"))
+    result = run_cli("neuron", "2:7", "--model", path)
+    views = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip().startswith(("read", "write"))}
+    assert result.returncode == 0 and set(views) == {"read+", "read-", "write+", "write-"}
+    top = views["write+"].split(",")[:3]
+    assert all("dog" in token.lower() for token in top), views["write+"]
+    assert "dog" not in views["write-"].lower()
 
 
 def test_generate_with_bad_profile_is_one_line(tmp_path):
