@@ -1,6 +1,6 @@
 """Discovery against the alternatives a user has, over 44 concepts of every kind.
 
-    python bench/bench_concepts.py [--concepts WORD ...] [--fresh]
+    python bench/bench_concepts.py [--concepts WORD ...] [--positions all] [--fresh]
 
 For each concept (words and short phrases: animals, objects, places, foods,
 colours, feelings, professions, sports, weather, events, abstract ideas):
@@ -65,7 +65,7 @@ METHODS = ("unsteered", "profile", "prompting", "prompting+profile", "mean-diffe
 AXES = ("concept_score", "relevance_score", "fluency_score", "score")
 
 
-def run(concepts: list[tuple[str, str]], path: Path) -> None:
+def run(concepts: list[tuple[str, str]], path: Path, positions: str = "prompt") -> None:
     done = {json.loads(line)["concept"] for line in path.read_text().splitlines()} if path.is_file() else set()
     todo = [(kind, word) for kind, word in concepts if word not in done]
     if not todo:
@@ -76,7 +76,7 @@ def run(concepts: list[tuple[str, str]], path: Path) -> None:
     for number, (kind, word) in enumerate(todo, 1):
         started = time.perf_counter()
         try:
-            found = discover(word, reader, atlas, backend)
+            found = discover(word, reader, atlas, backend, positions=positions)
         except SteerkitError as exc:
             record = {"concept": word, "kind": kind, "error": str(exc)}
         else:
@@ -168,7 +168,8 @@ def plot(records: list[dict], path: Path) -> None:
     axis.set_xticks(range(len(AXES)), ["concept", "instruction relevance", "fluency", "combined (harmonic)"])
     axis.set_ylim(0, 1.05)
     axis.set_ylabel(f"mean over {len(scored)} concepts")
-    axis.set_title("Steering SmolLM2-135M-Instruct: discovered profiles vs the alternatives (12 neutral prompts)")
+    axis.set_title(f"SmolLM2-135M-Instruct, {len(scored)} concepts x {PROMPTS} neutral prompts: "
+                   "discovered profiles vs the alternatives", fontsize=10)
     axis.legend(fontsize=8, ncol=3)
     figure.tight_layout()
     with atomic_write(path, suffix=".png") as tmp:
@@ -180,18 +181,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concepts", nargs="*", metavar="WORD", help="Concepts to run (default: the 44 above).")
     parser.add_argument("--fresh", action="store_true", help="Start again instead of resuming.")
-    parser.add_argument("--output", type=Path, default=RESULTS / "concepts")
+    parser.add_argument("--output", type=Path, default=None, help="Results stem (default bench/results/concepts).")
+    parser.add_argument("--positions", choices=("prompt", "all"), default="prompt",
+                        help="Discover prompt-position profiles (default) or all-position ones that weights carry.")
     args = parser.parse_args()
     concepts = [(kind, w) for kind, words in CONCEPTS.items() for w in words]
     if args.concepts:
         concepts = [(dict((w, k) for k, w in concepts).get(w, "other"), w) for w in args.concepts]
+    if args.output is None:
+        args.output = RESULTS / ("concepts" if args.positions == "prompt" else "concepts-all-positions")
     jsonl = args.output.with_suffix(".jsonl")
     jsonl.parent.mkdir(parents=True, exist_ok=True)
     if args.fresh:
         jsonl.unlink(missing_ok=True)
-    run(concepts, jsonl)
+    run(concepts, jsonl, args.positions)
     suppress_path = args.output.with_name(args.output.name + "-suppress.jsonl")
-    if not args.concepts:
+    if not args.concepts and args.positions == "prompt":
         if args.fresh:
             suppress_path.unlink(missing_ok=True)
         run_suppress(suppress_path)
