@@ -1,0 +1,49 @@
+"""The README's discovery figures are the ones bench/bench_concepts.py recorded (re-run the bench, then this)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+METHODS = ("profile", "prompting", "prompting+profile", "mean-difference")
+
+
+def _records() -> list[dict]:
+    lines = (ROOT / "bench" / "results" / "concepts.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if "rows" in r]
+
+
+def test_readme_status_matches_the_recorded_bench():
+    records = _records()
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    mean = {m: sum(r["rows"][m]["score"] for r in records) / len(records) for m in METHODS}
+    working = [r for r in records if r["rows"]["profile"]["mention_rate"] - r["rows"]["unsteered"]["mention_rate"] >= 0.5]
+    unmoved = [r for r in records if not r["moved"]]
+
+    def avg(rows, method, key):
+        return sum(r["rows"][method][key] for r in rows) / len(rows)
+
+    stated = {
+        f"on {len(records)} words and phrases": True,
+        f"({len(working)} of {len(records)})": True,
+        f"names it in {avg(working, 'profile', 'mention_rate'):.0%} of answers": True,
+        f"against {avg(working, 'prompting', 'mention_rate'):.0%} for prompting": True,
+        f"keeping {avg(working, 'profile', 'relevance_score') / avg(working, 'unsteered', 'relevance_score'):.0%}": True,
+        f"(combined score {avg(working, 'profile', 'score'):.2f} vs {avg(working, 'prompting', 'score'):.2f})": True,
+        f"half the words ({len(unmoved)})": True,
+        f"prompting ({mean['prompting']:.3f})": True,
+        f"a profile ({mean['profile']:.3f})": True,
+        f"profile plus prompting is best ({mean['prompting+profile']:.3f})": True,
+        f"vector scores {mean['mean-difference']:.2f}": True,
+    }
+    for phrase in stated:
+        assert phrase.replace("%", " %") in readme or phrase in readme, phrase
+    assert mean["prompting+profile"] == max(mean.values())
+
+
+def test_measurements_table_is_the_bench_table():
+    table = (ROOT / "bench" / "results" / "concepts.md").read_text()
+    assert table.strip() in (ROOT / "docs" / "measurements.md").read_text()
+    assert re.search(rf"mean over {len(_records())} concepts", table)
