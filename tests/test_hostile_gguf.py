@@ -218,8 +218,8 @@ _PROFILE = ("steerkit: 1\nname: p\nmodel: {arch: llama, n_layers: 2, d_model: 8,
             "edits:\n  - {layer: 1, neuron: 3, op: scale, value: 2.0}\n")
 
 
-@pytest.mark.parametrize("case", ["alignment 0", "duplicate tensor", "nested 20000 deep", "counts lie",
-                                  "unaligned offset"])
+# Every case but integer tokens, which `inspect` rightly never reads (the other two commands refuse it).
+@pytest.mark.parametrize("case", [case for case in CASES if case != "tokens are integers"])
 def test_commands_refuse_hostile_models_and_leave_nothing(tmp_path, tmp_path_factory, case):
     gguf, message = CASES[case]
     path = _write(tmp_path, gguf, "model.gguf")
