@@ -71,15 +71,21 @@ def remove_stale(folder: Path, name: str | None = None) -> None:
             pass  # another process cleaned it first
 
 
+_SWEPT: set[Path] = set()  # cache folders already cleared of dead processes' leftovers by this process
+
+
 def cache_dir(*parts: str) -> Path:
-    """Return (and create) a folder inside steerkit's cache (its dead processes' leftovers removed)."""
+    """Return (and create) a folder inside steerkit's cache (its dead processes' leftovers removed,
+    once per process: the server asks for its patched-copy folder on every request)."""
     root = Path(os.environ.get("STEERKIT_CACHE") or Path.home() / ".cache" / "steerkit")
     path = root.joinpath(*parts)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SteerkitError(f"cannot create cache folder {path}: {exc.strerror}") from exc
-    remove_stale(path)
+    if path not in _SWEPT:
+        remove_stale(path)
+        _SWEPT.add(path)
     return path
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from steerkit.errors import SteerkitError
 from steerkit.vocab import space_marker, word_variants
 
-__all__ = ["Concept", "concept_from_word", "normalise_concept", "MAX_WORDS", "MAX_LETTERS"]
+__all__ = ["Concept", "concept_from_word", "normalise_concept", "profile_name", "MAX_WORDS", "MAX_LETTERS"]
 
 _MIN_PIECE_LETTERS = 3  # shorter first pieces ("Ġe") would stand for thousands of words
 MAX_WORDS = 4
@@ -50,6 +50,11 @@ class Concept:
     def mentioned_in(self, text: str) -> bool:
         """True if ``text`` names the concept (the word or its plural, any case)."""
         return bool(self.pattern.search(text))
+
+
+def profile_name(word: str, suppress: bool = False) -> str:
+    """The name of the profile for ``word``: ``dog``, ``ice-cream``, or ``no-dog`` for a suppressing one."""
+    return f"{'no-' if suppress else ''}{'-'.join(word.lower().split())}"
 
 
 def normalise_concept(word: str) -> str:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from steerkit.concept import profile_name
 from steerkit.profile import Edit, Profile
 
 __all__ = ["CONCEPT_PROMPTS", "CONCEPT_SYSTEM", "AVOID_SYSTEM", "concept_messages", "diffmean_layer", "diffmean_profile",
@@ -61,7 +62,7 @@ def diffmean_profile(word: str, backend, reader, prompts: list[str], max_new_tok
 
 
 def diffmean_profiles(word: str, backend, reader, prompts: list[str], layers: list[int],
-                      max_new_tokens: int = 40, positions: str = "all") -> list[Profile]:
+                      max_new_tokens: int = 40) -> list[Profile]:
     """:func:`diffmean_profile` for each of ``layers``, from one set of contrast answers."""
     about = [p.format(word=word) for p in CONCEPT_PROMPTS]
     # One batched call: answers about the concept (positive), then to the neutral prompts (negative).
@@ -73,11 +74,11 @@ def diffmean_profiles(word: str, backend, reader, prompts: list[str], layers: li
         down = reader.down_cols(layer).astype(np.float64)  # [d_ff, d_model]: row j is what neuron j writes
         amounts = np.linalg.lstsq(down.T, vector, rcond=None)[0]  # minimum-norm a with down.T @ a = vector
         profiles.append(Profile(
-            name=f"diffmean-{'-'.join(word.lower().split())}",
+            name=f"diffmean-{profile_name(word)}",
             model=reader.binding(),
             edits=[Edit(layer, j, "add", float(a)) for j, a in enumerate(amounts) if a != 0.0],
             description=f"Mean-difference vector for {word!r} after layer {layer} (baseline made by steerkit eval)",
-            positions=positions,
+            positions="all",
             provenance={"method": "mean difference of the residual stream", "layer": layer, "prompts": len(prompts),
                         "norm": round(float(np.linalg.norm(vector)), 4)},
         ))

@@ -42,10 +42,10 @@ import numpy as np
 from steerkit.version import __version__
 from steerkit.atlas import Atlas
 from steerkit.candidates import Candidate, rank_candidates
-from steerkit.concept import Concept, concept_from_word
+from steerkit.concept import Concept, concept_from_word, profile_name
 from steerkit.errors import SteerkitError
-from steerkit.metrics import AnswerStats, answer_stats
-from steerkit.scoring import Summary, score_answers, summarise
+from steerkit.metrics import AnswerStats
+from steerkit.scoring import Summary, answer_stats_of, score_answers, summarise
 from steerkit.plan import Plan, compile_plan
 from steerkit.profile import Edit, Profile
 from steerkit.prompts import builtin_prompts, reference_text
@@ -123,11 +123,6 @@ DISCOVERY_NEEDS = ("measures_activations", "batches_rows")  # what discovery ask
 _MIN_UNIT = 0.05  # floor for neurons that barely fire on the reference text
 
 
-def profile_name(word: str, suppress: bool = False) -> str:
-    """The name of the profile for ``word``: ``dog``, ``ice-cream``, or ``no-dog`` for a suppressing one."""
-    return f"{'no-' if suppress else ''}{'-'.join(word.lower().split())}"
-
-
 def build_profile(concept: Concept, candidates: list[Candidate], units: np.ndarray, setting: Setting,
                   suppress: bool, binding, positions: str = "prompt") -> Profile:
     """The profile for one sweep setting (provenance is added by :func:`discover`).
@@ -194,7 +189,7 @@ def discover(word: str, reader: WeightReader, atlas: Atlas, backend, suppress: b
                   for s in settings]
         answers = backend.generate(prompts, plans, max_new_tokens)
         scores = score_answers(backend, concept, prompts, answers)
-        stats = [answer_stats(concept, row, [s.nll for s in scored]) for row, scored in zip(answers, scores)]
+        stats = [answer_stats_of(scored, row) for row, scored in zip(answers, scores)]
         return stats, [summarise(row, scores[0], suppress) for row in scores]
 
     def better(a: AnswerStats, b: AnswerStats) -> bool:

@@ -18,11 +18,12 @@ from pathlib import Path
 from steerkit.cache import atomic_write
 from steerkit.concept import Concept, concept_from_word
 from steerkit.diffmean import concept_messages, diffmean_profile
-from steerkit.metrics import AnswerStats, answer_stats
+from steerkit.metrics import AnswerStats
 from steerkit.plan import Plan, compile_plan
 from steerkit.profile import Profile
 from steerkit.prompts import builtin_prompts
-from steerkit.scoring import NLL_SPAN, OTHER_PROMPTS, REPETITION_SPAN, Summary, score_answers, summarise
+from steerkit.scoring import (NLL_SPAN, OTHER_PROMPTS, REPETITION_SPAN, Summary, answer_stats_of, score_answers,
+                              summarise)
 
 __all__ = ["EvalReport", "Row", "METHODS", "profile_goal", "profile_concept", "evaluate", "write_report"]
 
@@ -155,7 +156,7 @@ def evaluate(profile: Profile, backend, concept: Concept, prompts: list[str] | N
     scores = score_answers(backend, concept, prompts, answers)
     rows = []
     for k, ((method, strength, _), row) in enumerate(zip(plain + prompted, answers)):
-        stats = answer_stats(concept, row, [s.nll for s in scores[k]])
+        stats = answer_stats_of(scores[k], row)
         rows.append(Row(method, strength, stats, summarise(scores[k], scores[0], suppress), row))
     return EvalReport(profile.name, concept.word, goal, prompts, rows, max_new_tokens, notes)
 

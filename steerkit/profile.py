@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ import yaml
 
 from steerkit.cache import atomic_write
 from steerkit.errors import SteerkitError
+from steerkit.files import read_bounded
 
 __all__ = [
     "Edit", "ModelBinding", "Profile", "load_profile", "parse_profile", "save_profile", "vocab_sha256",
@@ -401,19 +401,9 @@ def load_profile(path: str | Path) -> Profile:
     its stated size: ``/dev/zero`` or a FIFO never hang or fill memory)."""
     path = Path(path)
     try:
-        if not stat.S_ISREG(path.stat().st_mode):
-            raise SteerkitError(f"{path}: cannot read profile (not a regular file)")
-        with path.open("rb") as handle:
-            data = handle.read(MAX_PROFILE_BYTES + 1)
-        if len(data) > MAX_PROFILE_BYTES:
-            raise SteerkitError(f"{path}: profile is over the {MAX_PROFILE_BYTES}-byte limit")
-        text = data.decode("utf-8")
+        text = read_bounded(path, MAX_PROFILE_BYTES, "profile").decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SteerkitError(f"{path}: not UTF-8 text") from exc
-    except OSError as exc:
-        raise SteerkitError(f"{path}: cannot read profile ({exc.strerror})") from exc
-    except ValueError as exc:  # a NUL byte in the name
-        raise SteerkitError(f"{path}: cannot read profile ({exc})") from exc
     return parse_profile(text, str(path))
 
 

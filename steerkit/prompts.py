@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import stat
 from importlib import resources
 from pathlib import Path
 
 from steerkit.errors import SteerkitError
+from steerkit.files import read_bounded
 
 __all__ = ["builtin_prompts", "read_prompts", "reference_text", "PROMPT_SETS", "RawText", "MAX_PROMPTS_BYTES"]
 
@@ -46,19 +46,9 @@ def read_prompts(path: str | Path) -> list[str]:
     """Prompts from a text file: one per line; blank lines and ``#`` comments are skipped."""
     path = Path(path)
     try:
-        if not stat.S_ISREG(path.stat().st_mode):  # a FIFO would block, /dev/zero never end
-            raise SteerkitError(f"{path}: cannot read prompts (not a regular file)")
-        with path.open("rb") as handle:
-            data = handle.read(MAX_PROMPTS_BYTES + 1)
-        if len(data) > MAX_PROMPTS_BYTES:
-            raise SteerkitError(f"{path}: prompts file is over the {MAX_PROMPTS_BYTES}-byte limit")
-        text = data.decode("utf-8")
+        text = read_bounded(path, MAX_PROMPTS_BYTES, "prompts").decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SteerkitError(f"{path}: not UTF-8 text") from exc
-    except OSError as exc:
-        raise SteerkitError(f"{path}: cannot read prompts ({exc.strerror})") from exc
-    except ValueError as exc:  # a NUL byte in the name
-        raise SteerkitError(f"{path}: cannot read prompts ({exc})") from exc
     prompts = _parse(text)
     if not prompts:
         raise SteerkitError(f"{path}: no prompts (expected one prompt per line)")

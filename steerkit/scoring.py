@@ -27,9 +27,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from steerkit.concept import Concept
-from steerkit.metrics import repetition
+from steerkit.metrics import AnswerStats, diversity, repetition
 
-__all__ = ["AnswerScores", "Summary", "score_answers", "summarise", "harmonic", "NLL_SPAN", "REPETITION_SPAN",
+__all__ = ["AnswerScores", "Summary", "score_answers", "summarise", "answer_stats_of", "harmonic", "NLL_SPAN", "REPETITION_SPAN",
            "OTHER_PROMPTS"]
 
 NLL_SPAN = 1.0  # extra nats/token at which an answer counts as no longer fluent
@@ -81,13 +81,12 @@ def score_answers(backend, concept: Concept, prompts: list[str], rows: list[list
     """
     n = len(prompts)
     others = min(others, n - 1)
-    pairs: list[tuple[int, int]] = []  # (prompt, answer) index pairs to score
+    asked, scored_answers = [], []  # each answer after its own prompt, then after the next `others`
     for row in rows:
-        for i in range(n):
-            pairs.append((i, i))
-            pairs += [((i + k) % n, i) for k in range(1, others + 1)]
-    answers = [row[i] for row in rows for i in range(n) for _ in range(1 + others)]
-    nll = backend.nll([prompts[p] for p, _ in pairs], answers, first_token=True)
+        for i, answer in enumerate(row):
+            asked += [prompts[(i + k) % n] for k in range(1 + others)]
+            scored_answers += [answer] * (1 + others)
+    nll = backend.nll(asked, scored_answers, first_token=True)
     results: list[list[AnswerScores]] = []
     stride = 1 + others
     for r, row in enumerate(rows):
@@ -99,6 +98,13 @@ def score_answers(backend, concept: Concept, prompts: list[str], rows: list[list
             scored.append(AnswerScores(concept.mentioned_in(answer), own, relevance, repetition(answer)))
         results.append(scored)
     return results
+
+
+def answer_stats_of(scores: list[AnswerScores], answers: list[str]) -> AnswerStats:
+    """Discovery's budget figures (:class:`steerkit.metrics.AnswerStats`) from already scored answers."""
+    n = max(1, len(scores))
+    return AnswerStats(sum(s.mentioned for s in scores) / n, sum(s.nll for s in scores) / n,
+                       sum(s.repetition for s in scores) / n, diversity(answers))
 
 
 def _clip(value: float) -> float:

@@ -83,22 +83,27 @@ def generate_rows(model, tokenizer, prompts: list, plans: list[Plan | None], max
     return [texts[k * len(prompts):(k + 1) * len(prompts)] for k in range(len(plans))]
 
 
-def _answer_batch(tokenizer, prompts: list, answers: list[str], device, first_token: bool):
-    """Chat prompts followed by their answers, right-padded: ids, attention mask, answer ids and answer mask.
-
-    Answers shorter than two tokens are padded with EOS so every answer has a scored token.
-    """
+def _padded_answers(tokenizer, answers: list[str], device, first_token: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Answers as token ids, right-padded, and the mask of the tokens that count (the first only if
+    ``first_token``).  Answers shorter than two tokens get EOS appended, so every answer has a counted token."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    prompt_inputs = build_inputs(tokenizer, prompts, device)
     answer_ids = [tokenizer(a, add_special_tokens=False).input_ids for a in answers]
     answer_ids = [a if len(a) >= 2 else a + [tokenizer.eos_token_id] * (2 - len(a)) for a in answer_ids]
     width = max(len(a) for a in answer_ids)
     answer = torch.tensor([a + [pad] * (width - len(a)) for a in answer_ids], device=device)
-    answer_mask = torch.tensor([[int(first_token)] + [1] * (len(a) - 1) + [0] * (width - len(a)) for a in answer_ids],
-                               device=device)
+    counted = torch.tensor([[int(first_token)] + [1] * (len(a) - 1) + [0] * (width - len(a)) for a in answer_ids],
+                           device=device)
+    return answer, counted
+
+
+def _answer_batch(tokenizer, prompts: list, answers: list[str], device):
+    """Chat prompts (left-padded) followed by their answers (right-padded): ids, attention mask,
+    prompt length and the mask of the answers' tokens."""
+    prompt_inputs = build_inputs(tokenizer, prompts, device)
+    answer, answer_mask = _padded_answers(tokenizer, answers, device, first_token=True)
     ids = torch.cat([prompt_inputs["input_ids"], answer], dim=1)
     mask = torch.cat([prompt_inputs["attention_mask"], torch.ones_like(answer_mask)], dim=1)
-    return ids, mask, prompt_inputs["input_ids"].shape[1], answer, answer_mask
+    return ids, mask, prompt_inputs["input_ids"].shape[1], answer_mask
 
 
 @torch.no_grad()
@@ -111,8 +116,8 @@ def answer_states(model, tokenizer, prompts: list, answers: list[str], layers: l
     total = None
     count = 0
     for start in range(0, len(prompts), batch_size):
-        ids, mask, prompt_length, _, answer_mask = _answer_batch(
-            tokenizer, prompts[start:start + batch_size], answers[start:start + batch_size], model.device, True)
+        ids, mask, prompt_length, answer_mask = _answer_batch(
+            tokenizer, prompts[start:start + batch_size], answers[start:start + batch_size], model.device)
         states = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
         weight = answer_mask.unsqueeze(-1).float()
         # hidden_states[0] is the embedding output, [l + 1] the output of layer l.
@@ -146,7 +151,7 @@ def answer_nll(model, tokenizer, prompts: list, answers: list[str], batch_size: 
     for index, prompt in enumerate(prompts):
         ids = build_inputs(tokenizer, [prompt], "cpu")["input_ids"][0]
         groups.setdefault(tuple(ids.tolist()), []).append(index)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    cache_argument = _cache_argument(model)
     for prompt_ids, indices in groups.items():
         prompt = torch.tensor([prompt_ids], device=model.device)
         out = model(input_ids=prompt, use_cache=True)
@@ -154,16 +159,11 @@ def answer_nll(model, tokenizer, prompts: list, answers: list[str], batch_size: 
         last = out.logits[:, -1:].float()  # predicts each answer's first token
         for start in range(0, len(indices), batch_size):
             chunk = indices[start:start + batch_size]
-            answer_ids = [tokenizer(answers[i], add_special_tokens=False).input_ids for i in chunk]
-            answer_ids = [a if len(a) >= 2 else a + [tokenizer.eos_token_id] * (2 - len(a)) for a in answer_ids]
-            width = max(len(a) for a in answer_ids)
-            answer = torch.tensor([a + [pad] * (width - len(a)) for a in answer_ids], device=model.device)
-            scored = torch.tensor([[int(first_token)] + [1] * (len(a) - 1) + [0] * (width - len(a)) for a in answer_ids],
-                                  device=model.device)
+            answer, scored = _padded_answers(tokenizer, [answers[i] for i in chunk], model.device, first_token)
             cache = copy.deepcopy(prompt_cache)
             cache.batch_repeat_interleave(len(chunk))
             # Right padding needs no mask: a scored position never looks at the padding after it.
-            logits = model(input_ids=answer[:, :-1], use_cache=True, **{_cache_argument(model): cache}).logits.float()
+            logits = model(input_ids=answer[:, :-1], use_cache=True, **{cache_argument: cache}).logits.float()
             logits = torch.cat([last.expand(len(chunk), -1, -1), logits], dim=1)
             token_nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), answer, reduction="none")
             for i, value in zip(chunk, ((token_nll * scored).sum(1) / scored.sum(1)).tolist()):

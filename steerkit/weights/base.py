@@ -10,7 +10,10 @@ import numpy as np
 from steerkit.architectures import ArchSpec
 from steerkit.errors import SteerkitError
 
-__all__ = ["ModelInfo", "WeightReader"]
+__all__ = ["ModelInfo", "WeightReader", "MAX_DIMENSION"]
+
+#: Bound on layer counts, widths and vocabulary sizes read from a model's metadata (real models are far below).
+MAX_DIMENSION = 1 << 20
 
 
 @dataclass(frozen=True)

@@ -18,21 +18,18 @@ from steerkit.errors import SteerkitError
 from steerkit.fingerprint import file_sha256
 from steerkit.gguf_file import GGUFFile
 from steerkit.profile import joined_vocab_sha256
-from steerkit.weights.base import ModelInfo, WeightReader
+from steerkit.weights.base import MAX_DIMENSION, ModelInfo, WeightReader
 
 __all__ = ["GGUFWeights"]
 
 
-_MAX_SIZE = 1 << 20  # layers, widths and vocabularies of real models are far below this
-
-
 def _field(file: GGUFFile, key: str, kind: str, default=None):
-    """A metadata value of ``kind`` (see :meth:`GGUFFile.typed`); sizes must be in 1..2**20."""
+    """A metadata value of ``kind`` (see :meth:`GGUFFile.typed`); sizes must be in 1..MAX_DIMENSION."""
     value = file.typed(key, kind, default)
     if value is None:
         raise SteerkitError(f"{file.path}: GGUF metadata key {key!r} is missing")
-    if kind == "int" and not 1 <= value <= _MAX_SIZE:
-        raise SteerkitError(f"{file.path}: GGUF metadata {key}: {value} is out of range 1..{_MAX_SIZE}")
+    if kind == "int" and not 1 <= value <= MAX_DIMENSION:
+        raise SteerkitError(f"{file.path}: GGUF metadata {key}: {value} is out of range 1..{MAX_DIMENSION}")
     return value
 
 

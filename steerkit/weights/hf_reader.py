@@ -4,35 +4,29 @@ from __future__ import annotations
 
 import json
 import math
-import stat
 from pathlib import Path
 
 import numpy as np
 
 from steerkit.architectures import arch_for_hf
 from steerkit.errors import SteerkitError
+from steerkit.files import read_bounded
 from steerkit.fingerprint import files_sha256
 from steerkit.vocab import tokens_from_vocab
-from steerkit.weights.base import ModelInfo, WeightReader
+from steerkit.weights.base import MAX_DIMENSION, ModelInfo, WeightReader
 
 __all__ = ["HFWeights"]
 
 
 _MAX_JSON_BYTES = 64 << 20  # tokenizer.json of a 256k vocabulary is ~35 MB
-_MAX_SIZE = 1 << 20
 
 
 def _read_json(path: Path) -> dict:
     """A JSON object from a regular file of bounded size (one line naming the file if not)."""
+    data = read_bounded(path, _MAX_JSON_BYTES, "JSON")
     try:
-        if not stat.S_ISREG(path.stat().st_mode):
-            raise SteerkitError(f"{path}: not a regular file")
-        with path.open("rb") as handle:
-            data = handle.read(_MAX_JSON_BYTES + 1)
-        if len(data) > _MAX_JSON_BYTES:
-            raise SteerkitError(f"{path}: over the {_MAX_JSON_BYTES}-byte limit")
         value = json.loads(data)
-    except (OSError, ValueError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:
         raise SteerkitError(f"{path}: cannot read JSON ({type(exc).__name__}: {str(exc)[:200]})") from exc
     if not isinstance(value, dict):
         raise SteerkitError(f"{path}: expected a JSON object, got {type(value).__name__}")
@@ -43,8 +37,8 @@ def _size(config: dict, key: str, where: Path) -> int:
     value = config.get(key)
     if value is None:
         raise SteerkitError(f"{where}: missing field {key!r}")
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_SIZE:
-        raise SteerkitError(f"{where}: {key}: expected an integer in 1..{_MAX_SIZE}, got {str(value)[:40]}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_DIMENSION:
+        raise SteerkitError(f"{where}: {key}: expected an integer in 1..{MAX_DIMENSION}, got {str(value)[:40]}")
     return value
 
 
