@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -321,3 +322,81 @@ def test_hostile_hf_config_is_refused_in_one_line(tmp_path, change, message):
     with pytest.raises(SteerkitError) as info:
         open_weights(str(folder))
     assert message in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+def _cache_leftovers(folder) -> list[str]:
+    """Temporary files and folders anywhere under ``folder`` (their names start with a dot)."""
+    return [name for _, dirs, files in os.walk(folder) for name in dirs + files if name.startswith(".")]
+
+
+def test_sigkill_inside_the_atlas_write_leaves_nothing_the_next_run_keeps(tmp_path):
+    """A real SIGKILL while the atlas's temporary file is open (held there on purpose), and at random
+    moments of a build: the next first run removes what the dead ones left and builds the atlas."""
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(tiny_llama(d_model=32, d_ff=256, vocab=4096, layers=3).bytes())
+    env = {**os.environ, "STEERKIT_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    build = ("import sys; from steerkit.weights import open_weights; from steerkit.atlas import atlas_for; "
+             "print(atlas_for(open_weights(sys.argv[1]), progress=False).token_ids.shape)")
+    # The same build, stopped inside the atomic write: the temporary .npz exists and is half written.
+    held = ("import sys, time, numpy\n"
+            "real = numpy.savez\n"
+            "def savez(file, **arrays):\n"
+            "    real(file, **arrays)\n"
+            "    print('writing', flush=True); time.sleep(60)\n"
+            "numpy.savez = savez\n" + build.replace("; ", "\n"))
+    child = subprocess.Popen([sys.executable, "-c", held, str(gguf)], env=env, stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "writing"
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert len(_cache_leftovers(tmp_path / "cache" / "atlas")) == 1  # the dead build's temporary file
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        child = subprocess.Popen([sys.executable, "-c", build, str(gguf)], env=env, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+        time.sleep(float(rng.uniform(0.5, 3.0)))
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    result = subprocess.run([sys.executable, "-c", build, str(gguf)], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "(3, 256, 4, 10)", result.stderr[-500:]
+    assert _cache_leftovers(tmp_path / "cache") == []
+    assert len(os.listdir(tmp_path / "cache" / "atlas")) == 1
+
+
+@pytest.mark.real
+def test_killed_conversions_leave_nothing_and_racing_first_runs_all_succeed(tmp_path):
+    """SIGKILL the GGUF -> transformers conversion of the real default model while it reads the GGUF and
+    while it writes the folder; then two first runs race on that cache (the conversion rename that once
+    failed with 'Directory not empty'): both succeed with the same folder, and nothing else is left."""
+    cache = tmp_path / "cache"
+    env = {**os.environ, "STEERKIT_CACHE": str(cache)}
+    command = [sys.executable, "-c", "from steerkit.runtimes.hf.loader import hf_folder; print(hf_folder(None))"]
+    hf = cache / "hf"
+
+    def writing() -> bool:
+        return hf.is_dir() and any(name.startswith(".convert") for name in os.listdir(hf))
+
+    rng = np.random.default_rng(2)
+    child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(float(rng.uniform(3.0, 8.0)))  # reading and de-quantizing the GGUF
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    while child.poll() is None and time.monotonic() < deadline and not writing():
+        time.sleep(0.01)
+    time.sleep(float(rng.uniform(0.0, 0.3)))
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert writing() and [n for n in os.listdir(hf) if not n.startswith(".")] == []  # killed mid-write, unpublished
+    children = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for _ in range(2)]
+    results = [child.communicate(timeout=400) + (child.returncode,) for child in children]
+    assert all(rc == 0 for _, _, rc in results), [err[-500:] for _, err, _ in results]
+    folders = {out.strip().splitlines()[-1] for out, _, _ in results}
+    assert len(folders) == 1
+    folder = Path(folders.pop())
+    assert os.listdir(hf) == [folder.name]  # no dead or losing run's folder is left
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "model.safetensors"), "pt") as tensors:  # complete: the header reads, every layer is there
+        assert sum(name.endswith("mlp.down_proj.weight") for name in tensors.keys()) == 30
