@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cli_probe import RSS_MARGIN, error_line, run_cli
 from hostile_gguf import tiny_llama
 from steerkit.cache import atomic_write, check_output_target, remove_stale
 from steerkit.errors import SteerkitError
@@ -400,3 +401,57 @@ def test_killed_conversions_leave_nothing_and_racing_first_runs_all_succeed(tmp_
 
     with safe_open(str(folder / "model.safetensors"), "pt") as tensors:  # complete: the header reads, every layer is there
         assert sum(name.endswith("mlp.down_proj.weight") for name in tensors.keys()) == 30
+
+
+_VALID_RSS: dict[str, int] = {}
+
+
+def _profile_commands(model, profile, out) -> dict[str, list[str]]:
+    return {"validate": ["validate", str(profile), "--model", str(model)],
+            "patch": ["patch", str(model), str(profile), "-o", str(out)],
+            "export-cvec": ["export-cvec", str(profile), "-o", str(out), "--model", str(model)]}
+
+
+def _valid_rss(command: str, tmp_path_factory) -> int:
+    """Peak RSS of ``command`` with a valid profile on the same tiny model, measured once per session."""
+    if command not in _VALID_RSS:
+        folder = tmp_path_factory.mktemp("valid-profile")
+        model, profile = folder / "tiny.gguf", folder / "p.yaml"
+        model.write_bytes(tiny_llama().bytes())
+        profile.write_text(HEAD + EDITS.replace("clamp", "add"))
+        result, rss = run_cli(*_profile_commands(model, profile, folder / "out.gguf")[command], cwd=folder)
+        assert result.returncode == 0, result.stderr
+        _VALID_RSS[command] = rss
+    return _VALID_RSS[command]
+
+
+@pytest.mark.parametrize("case", [*PROFILES, "/dev/zero", "fifo", "strength nan", "strength 1e39"])
+def test_commands_refuse_hostile_profiles_in_one_line_and_leave_nothing(tmp_path, tmp_path_factory, case):
+    """Every hostile profile through validate, patch and export-cvec: exit 1, one `error:` line with the
+    reason, peak RSS within the valid profile's plus the file's size plus RSS_MARGIN, no file left."""
+    model = tmp_path / "tiny.gguf"
+    model.write_bytes(tiny_llama().bytes())
+    extra: list[str] = []
+    if case in PROFILES:
+        text, message = PROFILES[case]
+        profile = tmp_path / "p.yaml"
+        profile.write_text(text, encoding="utf-8", errors="surrogatepass")
+    elif case == "/dev/zero":
+        profile, message = Path("/dev/zero"), "not a regular file"
+    elif case == "fifo":
+        profile, message = tmp_path / "p.yaml", "not a regular file"
+        os.mkfifo(profile)
+    else:
+        profile, message = tmp_path / "p.yaml", "strength"
+        profile.write_text(HEAD + EDITS.replace("clamp", "add"))
+        extra = ["-s", case.split()[1]]
+    size = profile.stat().st_size if profile.is_file() else 0
+    before = sorted(os.listdir(tmp_path))
+    for command, args in _profile_commands(model, profile, tmp_path / "out.gguf").items():
+        if extra and command == "validate":
+            continue  # validate has no strength option
+        result, rss = run_cli(*args, *extra, cwd=tmp_path, timeout=30)
+        line = error_line(result)
+        assert message in line, line
+        assert rss <= _valid_rss(command, tmp_path_factory) + size + RSS_MARGIN, (command, rss)
+    assert sorted(os.listdir(tmp_path)) == before  # no output, no temporary file, no cache entry

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import copy
 import os
-import resource
-import subprocess
-import sys
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cli_probe import RSS_MARGIN, error_line, run_cli
 from hostile_gguf import ARRAY, F32, I32, STRING, U8, U32, U64, RawGGUF, nested_array, tiny_llama
 from steerkit.errors import SteerkitError
 from steerkit.gguf_file import GGUFFile
@@ -182,22 +180,6 @@ def test_fuzzed_headers_are_read_or_refused_cleanly(tmp_path, data):
         assert "\n" not in str(exc)
 
 
-def _run(*args: str, cwd) -> tuple[subprocess.CompletedProcess, int]:
-    """Run the CLI; return the result and that process's own peak RSS in bytes (reported as it exits)."""
-    report = cwd.parent / f"rss-{os.getpid()}.txt"
-    code = ("import atexit, resource, sys\n"
-            "report = sys.argv[1]\n"
-            "atexit.register(lambda: open(report, 'w').write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)))\n"
-            "sys.argv = ['steerkit', *sys.argv[2:]]\n"
-            "from steerkit.cli import main\nmain()\n")
-    result = subprocess.run([sys.executable, "-c", code, str(report), *args], capture_output=True, text=True,
-                            timeout=60, cwd=cwd, env={**os.environ, "STEERKIT_CACHE": str(cwd / "cache")})
-    rss = int(report.read_text()) * 1024
-    report.unlink()
-    return result, rss
-
-
-RSS_MARGIN = 64 << 20  # over the same command on a valid model of the same size: a hostile header may cost no more
 _BASELINE_RSS: dict[str, int] = {}
 
 
@@ -210,7 +192,7 @@ def _baseline_rss(command: str, tmp_path_factory) -> int:
         profile.write_text(_PROFILE)
         args = {"patch": ["patch", str(path), str(profile), "-o", str(folder / "out.gguf")],
                 "neuron": ["neuron", "1:3", "--model", str(path)], "inspect": ["inspect", str(path)]}[command]
-        _BASELINE_RSS[command] = _run(*args, cwd=folder)[1]
+        _BASELINE_RSS[command] = run_cli(*args, cwd=folder)[1]
     return _BASELINE_RSS[command]
 
 
@@ -228,10 +210,8 @@ def test_commands_refuse_hostile_models_and_leave_nothing(tmp_path, tmp_path_fac
     before = sorted(os.listdir(tmp_path))
     for args in (["patch", str(path), str(profile), "-o", str(tmp_path / "out.gguf")], ["neuron", "1:3", "--model", str(path)],
                  ["inspect", str(path)]):
-        result, rss = _run(*args, cwd=tmp_path)
-        lines = [line for line in result.stderr.splitlines() if line.strip()]
-        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
-        assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.stderr
+        result, rss = run_cli(*args, cwd=tmp_path)
+        assert message in error_line(result), result.stderr
         baseline = _baseline_rss(args[0], tmp_path_factory)
         print(f"{case}: {args[0]} peak RSS {rss / 2**20:.0f} MiB (valid model: {baseline / 2**20:.0f} MiB)")
         assert rss <= baseline + path.stat().st_size + RSS_MARGIN

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 import torch
 
 from steerkit.runtimes.hf import load_model, model_binding, steered
@@ -309,3 +311,51 @@ def test_discovered_dog_profile_answers_in_llama_cpp():
     session.enabled = False
     plain = session.generate("What is your favourite animal?", 20, GREEDY)
     assert "dog" in steered_text.lower() and "dog" not in plain.lower(), (steered_text, plain)
+
+
+_EDIT_VALUES = st.one_of(st.floats(-50, 50), st.sampled_from([0.0, 1e-30, -1e5, 1e5, 65504.0, -65504.0]))
+_EDITS = st.lists(st.builds(Edit, layer=st.integers(0, 29), neuron=st.integers(0, 1535),
+                            op=st.sampled_from(["clamp", "scale", "add", "ablate"]), value=_EDIT_VALUES),
+                  min_size=1, max_size=12, unique_by=lambda e: (e.layer, e.neuron))
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(profiles=st.lists(_EDITS, min_size=1, max_size=3),
+       strength=st.one_of(st.none(), st.floats(-1e3, 1e3), st.sampled_from([0.0, 1e3, -1e3])))
+def test_every_patched_output_loads_in_llama_cpp(tmp_path, profiles, strength):
+    """Random profiles (every op, extreme values, several profiles, any strength) are either refused in one
+    line or patched into a file that llama-cpp-python loads and runs; moderate edits give finite logits."""
+    from steerkit.errors import SteerkitError
+    from steerkit.runtimes.llamacpp.cvec import export_control_vector, write_control_vector
+    from steerkit.weights import open_weights
+
+    reader = open_weights("smollm2-135m")
+    made = [Profile(f"p{i}", reader.binding(), edits) for i, edits in enumerate(profiles)]
+    out = tmp_path / "fuzz.gguf"
+    out.unlink(missing_ok=True)
+    try:
+        patch_gguf(resolve_model().path, made, out, strength=strength, progress=False)
+    except SteerkitError as exc:
+        assert "\n" not in str(exc) and not out.exists()
+        event(f"patch refused: {str(exc).split(':')[-1][:40]}")
+        return
+    event("patched")
+    model = LlamaCppModel(out, n_ctx=64)
+    logits = model.logits([1, 504, 3767, 314])
+    moderate = all(abs(e.value) <= 50 for edits in profiles for e in edits) and abs(strength or 1.0) <= 10
+    assert logits.shape == (4, 49152)
+    if moderate:
+        assert np.isfinite(logits).all()
+    plan = compile_plan(made, reader.binding(), strength)
+    try:  # the additive part as a control vector: refused in one line, or written, read back and applied
+        vector = export_control_vector(plan, reader, progress=False)
+        path = write_control_vector(vector, 30, tmp_path / "fuzz.cvec.gguf")
+    except SteerkitError as exc:
+        assert "\n" not in str(exc)
+        return
+    if vector.directions:
+        plain = LlamaCppModel(resolve_model().path, n_ctx=64)
+        from steerkit.runtimes.llamacpp.cvec import read_control_vector
+
+        plain.set_control_vector(read_control_vector(path))
+        assert plain.logits([1, 504, 3767, 314]).shape == (4, 49152)
