@@ -352,3 +352,35 @@ def test_the_readme_curl_line(server):
     result = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=300)
     answer = json.loads(result.stdout)
     assert answer["model"] == "smollm2-135m+dog" and "dog" in answer["choices"][0]["message"]["content"].lower()
+
+
+def test_hostile_profiles_are_refused_in_one_line_and_the_server_keeps_serving(server, client):
+    """Every hostile profile of the CLI suite POSTed to /v1/profiles: a 400 with one line naming the reason;
+    names that would break the `model+PROFILE@S` syntax and a profile past the store's limit are refused too."""
+    from hostile_profiles import PROFILES
+    from steerkit.api import load_profile
+    from steerkit.profile import dump_profile
+
+    url, state = server
+    steady = _ask(client, "smollm2-135m+dog", temperature=0, max_tokens=6)
+    names = state.profiles.names()
+    for case, (text, message) in PROFILES.items():
+        code, error = _post(url, None, raw=text.encode("utf-8", "surrogatepass"), path="/v1/profiles",
+                            content_type="application/yaml")
+        reason = error["error"]["message"]
+        assert code == 400 and "\n" not in reason, (case, code, reason)
+        assert message in reason or (case == "lone surrogate" and reason == "profile: not UTF-8 text"), (case, reason)
+    dog = dump_profile(load_profile("dog"))
+    for name in ("a+b", "x@2", "../etc", "é", "a" * 65):
+        code, error = _post(url, None, raw=dog.replace("name: dog", f"name: '{name}'", 1).encode(), path="/v1/profiles")
+        assert code == 400 and "expected 1-64 letters" in error["error"]["message"], (name, error)
+    state.profiles.limit = len(names) + 1
+    try:
+        assert _post(url, None, raw=dog.replace("name: dog", "name: one-more", 1).encode(), path="/v1/profiles")[0] == 201
+        code, error = _post(url, None, raw=dog.replace("name: dog", "name: too-many", 1).encode(), path="/v1/profiles")
+        assert code == 400 and "its limit" in error["error"]["message"]
+    finally:
+        state.profiles.limit = 256
+        state.profiles.remove("one-more")
+    assert state.profiles.names() == names
+    assert _ask(client, "smollm2-135m+dog", temperature=0, max_tokens=6) == steady

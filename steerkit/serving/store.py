@@ -13,7 +13,9 @@ from steerkit.runtimes.base import Backend
 from steerkit.serving.requests import NAME, ApiError
 from steerkit.shipped import shipped_dir, shipped_names, shipped_profile
 
-__all__ = ["ProfileStore"]
+__all__ = ["ProfileStore", "MAX_PROFILES"]
+
+MAX_PROFILES = 256  # profiles a server holds: each POST may add one of up to a 1 MiB body, so memory stays bounded
 
 
 class ProfileStore:
@@ -24,6 +26,7 @@ class ProfileStore:
         self._profiles: dict[str, Profile] = {}
         self._figures: dict[str, dict] = {}
         self._lock = threading.Lock()
+        self.limit = MAX_PROFILES
 
     def _fits(self, profile: Profile) -> bool:
         try:
@@ -55,6 +58,8 @@ class ProfileStore:
         with self._lock:
             if profile.name in self._profiles and not replace:
                 raise SteerkitError(f"profile {profile.name!r} exists already")
+            if profile.name not in self._profiles and len(self._profiles) >= self.limit:
+                raise SteerkitError(f"the server holds {self.limit} profiles already (its limit): delete one first")
             self._profiles[profile.name] = profile
             self._figures.pop(profile.name, None)
         return profile
