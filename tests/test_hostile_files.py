@@ -49,10 +49,7 @@ def _to_yaml(value) -> str:
     return json.dumps(value, ensure_ascii=True)  # JSON is YAML; \\ud800 escapes survive as lone surrogates
 
 
-@settings(max_examples=200, deadline=2000)
-@given(field=st.sampled_from(["name", "strength", "positions", "description", "provenance", "value", "layer",
-                              "neuron", "op", "tokens", "score", "edits", "model"]), value=_YAML)
-def test_any_value_in_any_field_is_read_or_refused_cleanly(field, value):
+def _fuzz_profile(field: str, value) -> str:
     edit = {"layer": 1, "neuron": 3, "op": "add", "value": 2.0}
     top = {"steerkit": 1, "name": "p", "model": {"arch": "llama", "n_layers": 2, "d_model": 8, "d_ff": 16,
                                                   "vocab_size": 12}, "edits": [edit]}
@@ -60,14 +57,61 @@ def test_any_value_in_any_field_is_read_or_refused_cleanly(field, value):
         edit[field] = value
     else:
         top[field] = value
+    return _to_yaml(top)
+
+
+_FIELDS = st.sampled_from(["name", "strength", "positions", "description", "provenance", "value", "layer", "neuron",
+                           "op", "tokens", "score", "edits", "model"])
+
+
+@settings(max_examples=200, deadline=2000)
+@given(field=_FIELDS, value=_YAML)
+def test_any_value_in_any_field_is_read_or_refused_cleanly(field, value):
     try:
-        profile = parse_profile(_to_yaml(top), "fuzz.yaml")
+        profile = parse_profile(_fuzz_profile(field, value), "fuzz.yaml")
     except SteerkitError as exc:
         assert "\n" not in str(exc)
         return
     for e in profile.edits:  # what is accepted is finite and bounded
         assert np.isfinite(e.value) and abs(e.value) <= MAX_EDIT_VALUE
     assert np.isfinite(profile.strength)
+
+
+@settings(max_examples=40, deadline=None)
+@given(field=_FIELDS, value=_YAML)
+def test_patch_of_any_profile_writes_a_finite_file_or_says_why_in_one_line(field, value):
+    """The CLI's own error handling (main()), in process: exit 0 with a patched file, or exit 1, one line, no file."""
+    import contextlib
+    import io
+    import tempfile
+
+    from steerkit.cli import main
+
+    with tempfile.TemporaryDirectory() as folder:
+        model, profile, out = (os.path.join(folder, name) for name in ("tiny.gguf", "p.yaml", "out.gguf"))
+        with open(model, "wb") as f:
+            f.write(tiny_llama().bytes())
+        with open(profile, "w", encoding="utf-8", errors="surrogatepass") as f:
+            f.write(_fuzz_profile(field, value))
+        stderr, argv = io.StringIO(), sys.argv
+        sys.argv = ["steerkit", "patch", model, profile, "-o", out]
+        try:
+            with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+                main()
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code
+        finally:
+            sys.argv = argv
+        lines = stderr.getvalue().splitlines()
+        if code == 0:
+            from steerkit.weights import open_weights as reopen
+
+            assert all(np.isfinite(reopen(out).down_cols(layer)).all() for layer in range(2))
+        else:
+            assert code == 1 and len(lines) == 1 and lines[0].startswith("error:"), stderr.getvalue()
+            assert not os.path.exists(out)
+        assert sorted(os.listdir(folder)) == sorted(["tiny.gguf", "p.yaml"] + (["out.gguf"] if code == 0 else []))
 
 
 @pytest.fixture
