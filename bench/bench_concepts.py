@@ -1,6 +1,6 @@
 """Discovery against the alternatives a user has, over 44 concepts of every kind.
 
-    python bench/bench_concepts.py [--concepts WORD ...] [--positions all] [--fresh]
+    python bench/bench_concepts.py [--concepts WORD ...] [--positions all] [--fresh] [--reuse EARLIER.jsonl]
 
 For each concept (words and short phrases: animals, objects, places, foods,
 colours, feelings, professions, sports, weather, events, abstract ideas):
@@ -65,7 +65,28 @@ METHODS = ("unsteered", "profile", "prompting", "prompting+profile", "mean-diffe
 AXES = ("concept_score", "relevance_score", "fluency_score", "score")
 
 
-def run(concepts: list[tuple[str, str]], path: Path, positions: str = "prompt") -> None:
+def _measure(kind: str, word: str, reader, atlas, backend, positions: str, earlier: dict, reuse: Path | None) -> dict:
+    """One concept's record: discovery, then evaluation (or the earlier run's rows for the same profile)."""
+    try:
+        found = discover(word, reader, atlas, backend, positions=positions)
+    except SteerkitError as exc:
+        return {"concept": word, "kind": kind, "error": str(exc)}
+    setting = found.chosen.setting.label()
+    found_now = {"concept": word, "kind": kind, "moved": found.moved, "discover_seconds": round(found.seconds, 1),
+                 "setting": setting}
+    if earlier.get("setting") == setting and "rows" in earlier:
+        return {**earlier, **found_now, "rows_from": reuse.name}
+    report = evaluate(found.profile, backend, found.concept, builtin_prompts("neutral")[:PROMPTS], strengths=(1.0,),
+                      reader=reader)
+    return {**found_now, "rows": {method: report.row(method).as_dict() for method in METHODS},
+            "answers": {method: report.row(method).answers[:3] for method in METHODS}}
+
+
+def run(concepts: list[tuple[str, str]], path: Path, positions: str = "prompt", reuse: Path | None = None) -> None:
+    """Discover and evaluate each concept not yet in ``path``.  With ``reuse`` (an earlier run's jsonl), a
+    concept whose discovery chose the same setting again (so the same profile: discovery is deterministic)
+    keeps that run's evaluation rows instead of being evaluated again."""
+    earlier = {r["concept"]: r for r in map(json.loads, reuse.read_text().splitlines())} if reuse else {}
     done = {json.loads(line)["concept"] for line in path.read_text().splitlines()} if path.is_file() else set()
     todo = [(kind, word) for kind, word in concepts if word not in done]
     if not todo:
@@ -75,19 +96,7 @@ def run(concepts: list[tuple[str, str]], path: Path, positions: str = "prompt") 
     backend = load_backend(None, "hf")
     for number, (kind, word) in enumerate(todo, 1):
         started = time.perf_counter()
-        try:
-            found = discover(word, reader, atlas, backend, positions=positions)
-        except SteerkitError as exc:
-            record = {"concept": word, "kind": kind, "error": str(exc)}
-        else:
-            report = evaluate(found.profile, backend, found.concept, builtin_prompts("neutral")[:PROMPTS],
-                              strengths=(1.0,), reader=reader)
-            record = {
-                "concept": word, "kind": kind, "moved": found.moved, "discover_seconds": round(found.seconds, 1),
-                "setting": f"{found.chosen.setting.n_neurons} x {found.chosen.setting.multiple:g}",
-                "rows": {method: report.row(method).as_dict() for method in METHODS},
-                "answers": {method: report.row(method).answers[:3] for method in METHODS},
-            }
+        record = _measure(kind, word, reader, atlas, backend, positions, earlier.get(word, {}), reuse)
         with path.open("a", encoding="utf-8") as out:
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
         rows = record.get("rows", {})
@@ -182,6 +191,8 @@ def main() -> None:
     parser.add_argument("--concepts", nargs="*", metavar="WORD", help="Concepts to run (default: the 44 above).")
     parser.add_argument("--fresh", action="store_true", help="Start again instead of resuming.")
     parser.add_argument("--output", type=Path, default=None, help="Results stem (default bench/results/concepts).")
+    parser.add_argument("--reuse", type=Path, default=None,
+                        help="An earlier run's jsonl: concepts whose discovery chose the same setting keep its rows.")
     parser.add_argument("--positions", choices=("prompt", "all"), default="prompt",
                         help="Discover prompt-position profiles (default) or all-position ones that weights carry.")
     args = parser.parse_args()
@@ -194,7 +205,7 @@ def main() -> None:
     jsonl.parent.mkdir(parents=True, exist_ok=True)
     if args.fresh:
         jsonl.unlink(missing_ok=True)
-    run(concepts, jsonl, args.positions)
+    run(concepts, jsonl, args.positions, args.reuse)
     suppress_path = args.output.with_name(args.output.name + "-suppress.jsonl")
     if not args.concepts and args.positions == "prompt":
         if args.fresh:

@@ -155,6 +155,11 @@ class Backend(ABC):
         under the unsteered model (backends with ``measures_activations``)."""
         raise SteerkitError(f"the {self.name} backend cannot measure the residual stream")
 
+    def residual_norms(self, text: str):
+        """The median norm of the residual stream after each layer over ``text``'s tokens (the first left out:
+        it is an attention sink with an outsized norm), ``[n_layers]`` (backends with ``measures_activations``)."""
+        raise SteerkitError(f"the {self.name} backend cannot measure the residual stream")
+
 
 # name -> "module:Class", in order of preference when choosing automatically (fastest first).
 # Imported on first use, so the core never pulls in torch or llama.cpp.

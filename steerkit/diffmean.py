@@ -11,9 +11,7 @@ time, and the vector built from them moved nothing -- "dog" 0 -> 0.08 at
 best on the neutral prompts.)
 
 A vector added to the residual stream after layer L's MLP is exactly an
-``add`` edit on that layer's neurons: ``W_down @ a = v`` has a solution
-because ``W_down`` (``d_model x d_ff``, ``d_ff > d_model``) has full row
-rank; the minimum-norm ``a`` is ``pinv(W_down) @ v``.  So the baseline is an
+``add`` edit on that layer's neurons (:func:`steerkit.concept_vector.neuron_adds`).  So the baseline is an
 ordinary profile: every runtime, ``patch`` and ``eval`` run it as they run
 discovered profiles, and the comparison is like for like.
 """
@@ -23,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from steerkit.concept import profile_name
+from steerkit.concept_vector import neuron_adds
 from steerkit.profile import Edit, Profile
 
 __all__ = ["CONCEPT_PROMPTS", "CONCEPT_SYSTEM", "AVOID_SYSTEM", "concept_messages", "diffmean_layer", "diffmean_profile",
@@ -71,8 +70,7 @@ def diffmean_profiles(word: str, backend, reader, prompts: list[str], layers: li
     neg = backend.answer_states(list(prompts), answers[len(about):], layers)
     profiles = []
     for layer, vector in zip(layers, (pos - neg).astype(np.float64)):
-        down = reader.down_cols(layer).astype(np.float64)  # [d_ff, d_model]: row j is what neuron j writes
-        amounts = np.linalg.lstsq(down.T, vector, rcond=None)[0]  # minimum-norm a with down.T @ a = vector
+        amounts = neuron_adds(reader, layer, vector)
         profiles.append(Profile(
             name=f"diffmean-{profile_name(word)}",
             model=reader.binding(),

@@ -16,7 +16,13 @@
    Each answer is also scored as :mod:`steerkit.scoring` does for ``eval``:
    concept, instruction relevance (the information the answer carries about
    its own prompt) and fluency, combined per answer by harmonic mean.
-4. **Choice**: the setting with the best combined score whose fluency stays
+4. **Fallback**: when no neuron setting inside the budget moves the mention
+   rate by :data:`VECTOR_FALLBACK` (the model has no neuron that writes the
+   word: about half of 44 everyday words on SmolLM2-135M), the sweep also
+   tries the model's own direction for the concept
+   (:mod:`steerkit.concept_vector`) after two middle layers, at fractions
+   of the residual stream's norm there, as adds on the prompt positions.
+5. **Choice**: the setting with the best combined score whose fluency stays
    inside the budget (:class:`Budget`); ties go to the better mention rate,
    then the more fluent setting.  Choosing by mention rate alone picked
    settings whose answers name the concept and stop answering the question.
@@ -43,6 +49,7 @@ from steerkit.version import __version__
 from steerkit.atlas import Atlas
 from steerkit.candidates import Candidate, rank_candidates
 from steerkit.concept import Concept, concept_from_word, profile_name
+from steerkit.concept_vector import concept_directions, vector_layers
 from steerkit.errors import SteerkitError
 from steerkit.metrics import AnswerStats
 from steerkit.scoring import Summary, answer_stats_of, score_answers, summarise
@@ -70,10 +77,16 @@ class Budget:
 
 @dataclass(frozen=True)
 class Setting:
-    """One sweep setting: the first ``n_neurons`` candidates at ``multiple`` times their unit."""
+    """One sweep setting: the first ``n_neurons`` candidates at ``multiple`` times their unit, or, with
+    ``layer``, the concept vector after that layer at ``multiple`` times the residual stream's norm there."""
 
     n_neurons: int
     multiple: float
+    layer: int | None = None
+
+    def label(self) -> str:
+        return (f"{self.n_neurons} x {self.multiple:g}" if self.layer is None else
+                f"vector after layer {self.layer} x {self.multiple:g}")
 
 
 @dataclass(frozen=True)
@@ -118,18 +131,25 @@ PROMOTE_MULTIPLES = (4.0, 8.0, 16.0, 32.0)
 # At every position an add acts on each answer token too: much smaller values before answers loop.
 PROMOTE_ALL_MULTIPLES = (0.5, 1.0, 2.0, 4.0)
 SUPPRESS_MULTIPLES = (2.0, 4.0, 8.0, 16.0)
+# Concept vectors (steerkit.concept_vector), as fractions of the residual stream's norm after their layer.
+VECTOR_FRACTIONS = (0.3, 0.45, 0.6)
+VECTOR_FALLBACK = 0.5  # tried when no neuron setting inside the budget moves the mention rate by this much
 NEURON_COUNTS = (1, 2, 4, 8)
 DISCOVERY_NEEDS = ("measures_activations", "batches_rows")  # what discovery asks of a backend
 _MIN_UNIT = 0.05  # floor for neurons that barely fire on the reference text
 
 
 def build_profile(concept: Concept, candidates: list[Candidate], units: np.ndarray, setting: Setting,
-                  suppress: bool, binding, positions: str = "prompt") -> Profile:
+                  suppress: bool, binding, positions: str = "prompt",
+                  vectors: dict[int, np.ndarray] | None = None) -> Profile:
     """The profile for one sweep setting (provenance is added by :func:`discover`).
 
     ``positions`` is where a promoting profile adds (``prompt``, or ``all``: what weights can
-    carry); a suppressing one always clamps at every position.
+    carry); a suppressing one always clamps at every position.  ``vectors`` holds, per layer, the
+    neuron adds of the concept vector at the residual stream's norm (for settings with a ``layer``).
     """
+    if setting.layer is not None:
+        return _vector_profile(concept, vectors[setting.layer], setting, binding, positions)
     edits = []
     for candidate in candidates[: setting.n_neurons]:
         unit = max(float(units[candidate.layer, candidate.neuron]), _MIN_UNIT)
@@ -148,6 +168,20 @@ def build_profile(concept: Concept, candidates: list[Candidate], units: np.ndarr
         description=f"{verb} {concept.word}: {how} ({setting.multiple:g}x their peak on the reference text). "
                     f"Made by steerkit discover.",
         positions="all" if suppress else positions,
+    )
+
+
+def _vector_profile(concept: Concept, adds: np.ndarray, setting: Setting, binding, positions: str) -> Profile:
+    edits = [Edit(setting.layer, j, "add", round(float(a) * setting.multiple, 4)) for j, a in enumerate(adds)]
+    where = "on the prompt positions" if positions == "prompt" else "at every position"
+    return Profile(
+        name=profile_name(concept.word),
+        model=binding,
+        edits=[e for e in edits if e.value != 0.0],
+        description=f"Talk about {concept.word}: adds the model's own direction for {concept.word!r} (read from "
+                    f"sentences that name it) after layer {setting.layer} {where}, at {setting.multiple:g}x the "
+                    f"residual stream's norm there, as adds on the layer's neurons. Made by steerkit discover.",
+        positions=positions,
     )
 
 
@@ -183,10 +217,12 @@ def discover(word: str, reader: WeightReader, atlas: Atlas, backend, suppress: b
     units = backend.activation_scale(reference_text())
     prompts = prompts or builtin_prompts("elicit" if suppress else "calibration")
 
+    vectors: dict[int, np.ndarray] = {}
+
     def measure(settings: list[Setting]) -> tuple[list[AnswerStats], list[Summary]]:
         plans: list[Plan | None] = [None]
-        plans += [compile_plan([build_profile(concept, candidates, units, s, suppress, backend.binding, positions)])
-                  for s in settings]
+        plans += [compile_plan([build_profile(concept, candidates, units, s, suppress, backend.binding, positions,
+                                              vectors)]) for s in settings]
         answers = backend.generate(prompts, plans, max_new_tokens)
         scores = score_answers(backend, concept, prompts, answers)
         stats = [answer_stats_of(scored, row) for row, scored in zip(answers, scores)]
@@ -201,6 +237,17 @@ def discover(word: str, reader: WeightReader, atlas: Atlas, backend, suppress: b
     log(f"sweep: {len(settings)} settings x {len(prompts)} prompts, {max_new_tokens} tokens each")
     (baseline, *stats), (_, *summaries) = measure(settings)
     sweep = [SweepPoint(s, st, budget.allows(st, baseline), sm) for s, st, sm in zip(settings, stats, summaries)]
+    gain = max((p.stats.mention_rate - baseline.mention_rate for p in sweep if p.in_budget), default=0.0)
+    if not suppress and positions == "prompt" and gain < VECTOR_FALLBACK:
+        layers = vector_layers(reader.info.n_layers)
+        note(f"no neuron setting inside the budget moved the mention rate by {VECTOR_FALLBACK:g} (best "
+             f"{gain:+.2f}): trying the concept's own direction after layers {', '.join(map(str, layers))}")
+        norms = backend.residual_norms(reference_text())
+        vectors.update({layer: adds * norms[layer] for layer, adds in
+                        concept_directions(concept.word, backend, reader, layers, prompts).items()})
+        more = [Setting(reader.info.d_ff, f, layer) for layer in layers for f in VECTOR_FRACTIONS]
+        (_, *stats), (_, *summaries) = measure(more)
+        sweep += [SweepPoint(s, st, budget.allows(st, baseline), sm) for s, st, sm in zip(more, stats, summaries)]
 
     def goodness(point: SweepPoint) -> tuple:
         rate = -point.stats.mention_rate if suppress else point.stats.mention_rate
@@ -212,7 +259,7 @@ def discover(word: str, reader: WeightReader, atlas: Atlas, backend, suppress: b
     elif not better(chosen.stats, baseline):
         note("no setting inside the fluency budget changed how often the concept is named: "
              "this model has no usable neurons for it (see the sweep)")
-    profile = build_profile(concept, candidates, units, chosen.setting, suppress, backend.binding, positions)
+    profile = build_profile(concept, candidates, units, chosen.setting, suppress, backend.binding, positions, vectors)
     seconds = time.perf_counter() - started
     profile.provenance = _provenance(concept, candidates, baseline, sweep, chosen, budget, prompts, suppress,
                                      seconds, notes, reader, positions)
@@ -224,7 +271,8 @@ def _provenance(concept, candidates, baseline, sweep, chosen, budget, prompts, s
     def row(point: SweepPoint) -> dict:
         scores = {} if point.summary is None else {
             "relevance": round(point.summary.relevance, 4), "score": round(point.summary.score, 4)}
-        return {"neurons": point.setting.n_neurons, "multiple": point.setting.multiple, **point.stats.as_dict(),
+        where = {} if point.setting.layer is None else {"vector_after_layer": point.setting.layer}
+        return {"neurons": point.setting.n_neurons, "multiple": point.setting.multiple, **where, **point.stats.as_dict(),
                 **scores, "in_budget": point.in_budget}
 
     return {

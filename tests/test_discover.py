@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -233,3 +234,50 @@ def test_discover_all_positions_makes_a_profile_weights_can_carry(planted):
     assert "every position" in found.profile.description
     with pytest.raises(SteerkitError, match="positions"):
         discover("dog", reader, atlas, evaluator, positions="generated")
+
+
+class _NoNeuronEvaluator(_ScriptedEvaluator):
+    """No neuron setting moves the concept; a concept vector (adds on every neuron of a layer) does.
+    It reads the residual stream as a fixed direction ``DIRECTION`` in answers that name the word."""
+
+    DIRECTION = torch.linspace(-1, 1, 32).numpy() ** 3 + 0.1
+
+    def generate(self, prompts, plans, max_new_tokens):
+        self.plans = plans
+        dense = [plan is not None and sum(len(e.neurons) for g in plan.groups for e in g.layers) >= 40 for plan in plans]
+        return [[("dog " if is_vector else "cat ") + f"{p} x" for p in prompts] for is_vector in dense]
+
+    def residual_norms(self, text):
+        return [10.0, 20.0, 30.0]
+
+    def answer_states(self, prompts, answers, layers):
+        named = sum("dog" in a for a in answers) / len(answers)
+        return np.array([named * self.DIRECTION + 5.0 for _ in layers])
+
+
+def test_discover_falls_back_on_the_concept_vector_when_no_neuron_moves_it(planted):
+    """The fallback adds the model's own direction for the word on the prompt positions: exactly that
+    direction, at the chosen fraction of the residual norm after its layer, written as neuron adds."""
+    from steerkit.discovery import VECTOR_FRACTIONS
+
+    _, reader, atlas = planted
+    found = discover("dog", reader, atlas, _NoNeuronEvaluator(reader.binding(), 1e9), prompts=["p1", "p2"])
+    vectors = [p for p in found.sweep if p.setting.layer is not None]
+    assert {p.setting.multiple for p in vectors} == set(VECTOR_FRACTIONS) and {p.setting.layer for p in vectors} == {1}
+    assert all(p.stats.mention_rate == 0 for p in found.sweep if p.setting.layer is None)
+    assert found.moved and found.chosen.setting.layer == 1 and "own direction" in found.notes[-1]
+    profile = found.profile
+    assert profile.positions == "prompt" and {(e.layer, e.op) for e in profile.edits} == {(1, "add")}
+    assert len(profile.edits) == 48
+    added = reader.down_cols(1).T.astype(np.float64) @ np.array([e.value for e in profile.edits])
+    expected = found.chosen.setting.multiple * 20.0 * _NoNeuronEvaluator.DIRECTION / np.linalg.norm(
+        _NoNeuronEvaluator.DIRECTION)
+    np.testing.assert_allclose(added, expected, atol=1e-3 * np.abs(expected).max())
+    assert parse_profile(dump_profile(profile)).provenance["calibration"]["chosen"]["vector_after_layer"] == 1
+
+
+def test_no_fallback_when_a_neuron_setting_moves_the_concept(planted):
+    _, reader, atlas = planted
+    found = discover("dog", reader, atlas, _ScriptedEvaluator(reader.binding(), fluent_up_to=64), prompts=["p1", "p2"])
+    assert found.chosen.stats.mention_rate - found.baseline.mention_rate >= 0.5
+    assert all(p.setting.layer is None for p in found.sweep)  # _ScriptedEvaluator cannot read the residual stream

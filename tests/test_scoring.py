@@ -12,7 +12,7 @@ from steerkit.diffmean import CONCEPT_SYSTEM, diffmean_profiles
 from steerkit.evaluate import evaluate
 from steerkit.plan import compile_plan
 from steerkit.profile import Edit, Profile
-from steerkit.runtimes.hf.measure import answer_nll, answer_states
+from steerkit.runtimes.hf.measure import answer_nll, answer_states, residual_norms
 from steerkit.scoring import NLL_SPAN, REPETITION_SPAN, AnswerScores, harmonic, score_answers, summarise
 from steerkit.weights import open_weights
 from test_discover import _Tokenizer
@@ -90,6 +90,17 @@ def test_answer_nll_matches_one_plain_forward_pass_per_answer(first_token):
     np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
+def _unnormed_states(model, ids: list[int]) -> tuple[torch.Tensor, ...]:
+    """transformers' own hidden states with the final norm taken out, so the last one is the residual
+    stream after the last layer too (transformers reports it after the norm)."""
+    norm, model.model.norm = model.model.norm, torch.nn.Identity()
+    try:
+        with torch.no_grad():
+            return model(torch.tensor([ids]), output_hidden_states=True).hidden_states
+    finally:
+        model.model.norm = norm
+
+
 def test_answer_states_average_the_residual_stream_over_answer_tokens():
     model, tokenizer = tiny_model("llama"), _Tokenizer()
     prompts, answers = ["hi", "a longer one"], ["abcd", "ef"]
@@ -97,11 +108,18 @@ def test_answer_states_average_the_residual_stream_over_answer_tokens():
     rows = []
     for prompt, answer in zip(prompts, answers):
         p, a = tokenizer(prompt).input_ids, tokenizer(answer).input_ids
-        with torch.no_grad():
-            states = model(torch.tensor([p + a]), output_hidden_states=True).hidden_states
+        states = _unnormed_states(model, p + a)
         rows.append(torch.stack([states[layer + 1][0, len(p):] for layer in (0, 2)]))
     want = torch.cat(rows, dim=1).mean(dim=1).numpy()  # every answer token counts once
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_residual_norms_are_median_token_norms_after_each_layer():
+    model, tokenizer = tiny_model("llama"), _Tokenizer()
+    text = "some reference text with a few words"
+    states = _unnormed_states(model, tokenizer(text).input_ids)
+    want = [float(states[layer + 1][0, 1:].norm(dim=-1).median()) for layer in range(3)]
+    np.testing.assert_allclose(residual_norms(model, tokenizer, text), want, rtol=1e-5)
 
 
 class _StatesBackend:

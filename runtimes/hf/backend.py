@@ -13,7 +13,7 @@ from steerkit.runtimes.base import Backend
 from steerkit.runtimes.hf.generate import build_inputs
 from steerkit.runtimes.hf.hooks import attach
 from steerkit.runtimes.hf.loader import load_model
-from steerkit.runtimes.hf.measure import activation_scale, answer_nll, answer_states, generate_rows
+from steerkit.runtimes.hf.measure import activation_scale, answer_nll, answer_states, generate_rows, residual_norms
 from steerkit.runtimes.hf.modules import model_binding
 from steerkit.sampling import Sampling
 from steerkit.sources import ModelSource
@@ -97,6 +97,11 @@ class HFBackend(Backend):
 
     def activation_scale(self, text: str) -> np.ndarray:
         return activation_scale(self.model, self.tokenizer, text)
+
+    def residual_norms(self, text: str) -> np.ndarray:
+        if self._hooks is not None:
+            raise SteerkitError("residual_norms measures the unsteered model: remove the applied plan first")
+        return residual_norms(self.model, self.tokenizer, text)
 
     def answer_states(self, prompts: list, answers: list[str], layers: list[int]) -> np.ndarray:
         if self._hooks is not None:

@@ -1,6 +1,7 @@
 """Measurements on a transformers model that discovery and evaluation need.
 
 - :func:`activation_scale`: how large each neuron's activation ``h`` gets on a text;
+- :func:`residual_norms`: how large the residual stream is after each layer;
 - :func:`generate_rows`: answers with a different plan on every batch row;
 - :func:`answer_nll`: how surprising answers are to the (unsteered) model;
 - :func:`answer_states`: the mean residual stream over answers' tokens (mean-difference vectors).
@@ -8,8 +9,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -17,10 +20,10 @@ import torch
 from steerkit.plan import Plan
 from steerkit.runtimes.hf.generate import build_inputs, generate_kwargs, text_streamer
 from steerkit.runtimes.hf.hooks import attach_rows
-from steerkit.runtimes.hf.modules import mlp_module
+from steerkit.runtimes.hf.modules import decoder_layer, mlp_module
 from steerkit.sampling import GREEDY, Sampling
 
-__all__ = ["activation_scale", "generate_rows", "answer_nll", "answer_states"]
+__all__ = ["activation_scale", "generate_rows", "answer_nll", "answer_states", "residual_norms"]
 
 
 @torch.no_grad()
@@ -45,6 +48,39 @@ def activation_scale(model, tokenizer, text: str) -> np.ndarray:
         for handle in handles:
             handle.remove()
     return torch.stack(peaks).numpy()
+
+
+@contextlib.contextmanager
+def layer_outputs(model, layers: list[int]) -> Iterator[dict[int, torch.Tensor]]:
+    """Record the residual stream after each of ``layers`` (the decoder layers' outputs) during forward passes.
+
+    Hooks rather than ``output_hidden_states``: transformers' last hidden state is taken after the final norm.
+    """
+    outputs: dict[int, torch.Tensor] = {}
+
+    def recorder(layer: int):
+        def hook(module, args, output):
+            outputs[layer] = (output[0] if isinstance(output, tuple) else output).detach()
+        return hook
+
+    handles = [decoder_layer(model, layer).register_forward_hook(recorder(layer)) for layer in layers]
+    try:
+        yield outputs
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@torch.no_grad()
+def residual_norms(model, tokenizer, text: str) -> np.ndarray:
+    """Median token norm of the residual stream after each layer over ``text`` (its first token left out:
+    an attention sink with an outsized norm), ``[n_layers]``: what edits that add to the residual stream
+    are sized against."""
+    layers = list(range(model.config.num_hidden_layers))
+    ids = tokenizer(text, return_tensors="pt").input_ids.to(model.device)
+    with layer_outputs(model, layers) as outputs:
+        model(ids)
+    return np.array([float(outputs[layer][0, 1:].float().norm(dim=-1).median()) for layer in layers])
 
 
 @torch.no_grad()
@@ -118,10 +154,10 @@ def answer_states(model, tokenizer, prompts: list, answers: list[str], layers: l
     for start in range(0, len(prompts), batch_size):
         ids, mask, prompt_length, answer_mask = _answer_batch(
             tokenizer, prompts[start:start + batch_size], answers[start:start + batch_size], model.device)
-        states = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+        with layer_outputs(model, layers) as states:
+            model(input_ids=ids, attention_mask=mask)
         weight = answer_mask.unsqueeze(-1).float()
-        # hidden_states[0] is the embedding output, [l + 1] the output of layer l.
-        sums = torch.stack([(states[layer + 1][:, prompt_length:].float() * weight).sum(dim=(0, 1)) for layer in layers])
+        sums = torch.stack([(states[layer][:, prompt_length:].float() * weight).sum(dim=(0, 1)) for layer in layers])
         total = sums if total is None else total + sums
         count += int(answer_mask.sum())
     return (total / max(count, 1)).cpu().numpy()

@@ -32,6 +32,15 @@ def mlp_module(model: torch.nn.Module, layer: int) -> torch.nn.Module:
         raise SteerkitError(f"{type(model).__name__}: no module {path} (layer {layer})") from exc
 
 
+def decoder_layer(model: torch.nn.Module, layer: int) -> torch.nn.Module:
+    """Decoder layer ``layer`` (the module whose output is the residual stream after that layer)."""
+    path = model_arch(model).hf_mlp_path.format(layer=layer).rpartition(".")[0]
+    try:
+        return model.get_submodule(path)
+    except AttributeError as exc:
+        raise SteerkitError(f"{type(model).__name__}: no module {path} (layer {layer})") from exc
+
+
 def model_binding(model: torch.nn.Module, tokenizer=None) -> ModelBinding:
     """What a profile must match to apply to ``model`` (vocabulary checked when a tokenizer is given)."""
     config = text_config(model)
