@@ -234,14 +234,13 @@ def chat_command(
 def _echo_discovery(found) -> None:
     calibration = found.profile.provenance["calibration"]
     base = found.baseline
-    typer.echo(f"{'setting':>16s}  mentions  relevance  nll    repetition  diversity  score  budget")
-    typer.echo(f"{'unsteered':>16s}  {base.mention_rate:8.2f}  {'':9s}  {base.nll:5.2f}  {base.repetition:10.2f}"
+    typer.echo(f"{'setting':>28s}  mentions  relevance  nll    repetition  diversity  score  budget")
+    typer.echo(f"{'unsteered':>28s}  {base.mention_rate:8.2f}  {'':9s}  {base.nll:5.2f}  {base.repetition:10.2f}"
                f"  {base.diversity:9.2f}")
     for point in found.sweep:
         mark = "  <- chosen" if point is found.chosen else ""
-        label = f"{point.setting.n_neurons} x {point.setting.multiple:g}"
         summary = point.summary
-        typer.echo(f"{label:>16s}  {point.stats.mention_rate:8.2f}  {summary.relevance:9.2f}  {point.stats.nll:5.2f}"
+        typer.echo(f"{point.setting.label():>28s}  {point.stats.mention_rate:8.2f}  {summary.relevance:9.2f}  {point.stats.nll:5.2f}"
                    f"  {point.stats.repetition:10.2f}  {point.stats.diversity:9.2f}  {summary.score:5.2f}"
                    f"  {'ok' if point.in_budget else 'over'}{mark}")
     typer.echo(f"{len(found.profile.edits)} edits, positions {found.profile.positions}; "

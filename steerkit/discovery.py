@@ -238,7 +238,8 @@ def discover(word: str, reader: WeightReader, atlas: Atlas, backend, suppress: b
     (baseline, *stats), (_, *summaries) = measure(settings)
     sweep = [SweepPoint(s, st, budget.allows(st, baseline), sm) for s, st, sm in zip(settings, stats, summaries)]
     gain = max((p.stats.mention_rate - baseline.mention_rate for p in sweep if p.in_budget), default=0.0)
-    if not suppress and positions == "prompt" and gain < VECTOR_FALLBACK:
+    reads_residual = getattr(backend, "measures_activations", False)  # the fallback reads the residual stream
+    if not suppress and positions == "prompt" and gain < VECTOR_FALLBACK and reads_residual:
         layers = vector_layers(reader.info.n_layers)
         note(f"no neuron setting inside the budget moved the mention rate by {VECTOR_FALLBACK:g} (best "
              f"{gain:+.2f}): trying the concept's own direction after layers {', '.join(map(str, layers))}")

@@ -241,6 +241,7 @@ class _NoNeuronEvaluator(_ScriptedEvaluator):
     It reads the residual stream as a fixed direction ``DIRECTION`` in answers that name the word."""
 
     DIRECTION = torch.linspace(-1, 1, 32).numpy() ** 3 + 0.1
+    measures_activations = True
 
     def generate(self, prompts, plans, max_new_tokens):
         self.plans = plans
@@ -281,3 +282,25 @@ def test_no_fallback_when_a_neuron_setting_moves_the_concept(planted):
     found = discover("dog", reader, atlas, _ScriptedEvaluator(reader.binding(), fluent_up_to=64), prompts=["p1", "p2"])
     assert found.chosen.stats.mention_rate - found.baseline.mention_rate >= 0.5
     assert all(p.setting.layer is None for p in found.sweep)  # _ScriptedEvaluator cannot read the residual stream
+
+
+class _RepetitiveEvaluator(_ScriptedEvaluator):
+    """Small edits name the concept in the first answer only; large ones in every answer, fluently by NLL
+    and on topic, but with 22 % repeated trigrams (over the +0.10 budget, still a fair combined score)."""
+
+    def generate(self, prompts, plans, max_new_tokens):
+        self.plans = plans
+        rows = []
+        for plan in plans:
+            size = 0.0 if plan is None else sum(abs(e.add).sum() for g in plan.groups for e in g.layers)
+            rows.append([f"dog {p} a b a b a b c d x" if size > 32 else
+                         ("dog " if size > 0 and k == 0 else "cat ") + f"{p} x" for k, p in enumerate(prompts)])
+        return rows
+
+
+def test_a_setting_over_the_budget_is_never_chosen_however_well_it_scores(planted):
+    _, reader, atlas = planted
+    found = discover("dog", reader, atlas, _RepetitiveEvaluator(reader.binding(), 1e9), prompts=["p1", "p2", "p3"])
+    over = [p for p in found.sweep if not p.in_budget]
+    assert over and max(p.summary.score for p in over) > found.chosen.summary.score  # the trap is there
+    assert found.chosen.in_budget and found.chosen.stats.mention_rate == pytest.approx(1 / 3)

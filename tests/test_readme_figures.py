@@ -20,27 +20,30 @@ def test_readme_status_matches_the_recorded_bench():
     readme = " ".join((ROOT / "README.md").read_text().split())
     mean = {m: sum(r["rows"][m]["score"] for r in records) / len(records) for m in METHODS}
     working = [r for r in records if r["rows"]["profile"]["mention_rate"] - r["rows"]["unsteered"]["mention_rate"] >= 0.5]
+    vector = [r for r in records if r["setting"].startswith("vector")]  # discovery's fallback was chosen
     unmoved = [r for r in records if not r["moved"]]
 
     def avg(rows, method, key):
         return sum(r["rows"][method][key] for r in rows) / len(rows)
 
-    stated = {
-        f"on {len(records)} words and phrases": True,
-        f"({len(working)} of {len(records)})": True,
-        f"names it in {avg(working, 'profile', 'mention_rate'):.0%} of answers": True,
-        f"against {avg(working, 'prompting', 'mention_rate'):.0%} for prompting": True,
-        f"keeping {avg(working, 'profile', 'relevance_score') / avg(working, 'unsteered', 'relevance_score'):.0%}": True,
-        f"(combined score {avg(working, 'profile', 'score'):.2f} vs {avg(working, 'prompting', 'score'):.2f})": True,
-        f"half the words ({len(unmoved)})": True,
-        f"prompting ({mean['prompting']:.3f})": True,
-        f"a profile ({mean['profile']:.3f})": True,
-        f"profile plus prompting is best ({mean['prompting+profile']:.3f})": True,
-        f"vector scores {mean['mean-difference']:.2f}": True,
-    }
+    stated = [
+        f"on {len(records)} words and phrases",
+        f"({len(working)} of {len(records)})",
+        f"names it in {avg(working, 'profile', 'mention_rate'):.0%} of answers",
+        f"against {avg(working, 'prompting', 'mention_rate'):.0%} for prompting",
+        f"keeping {avg(working, 'profile', 'relevance_score') / avg(working, 'unsteered', 'relevance_score'):.0%}",
+        f"(combined score {avg(working, 'profile', 'score'):.2f} vs {avg(working, 'prompting', 'score'):.2f})",
+        f"for those {len(vector)} words",
+        f"({avg(vector, 'profile', 'mention_rate'):.0%} vs {avg(vector, 'prompting', 'mention_rate'):.0%})",
+        f"(combined {avg(vector, 'profile', 'score'):.2f} vs {avg(vector, 'prompting', 'score'):.2f})",
+        f"For {len(unmoved)} words nothing moves",
+        f"a profile ({mean['profile']:.3f}) is ahead of prompting ({mean['prompting']:.3f}) and of profile plus "
+        f"prompting ({mean['prompting+profile']:.3f})",
+        f"vector scores {mean['mean-difference']:.2f}",
+    ]
     for phrase in stated:
         assert phrase.replace("%", " %") in readme or phrase in readme, phrase
-    assert mean["prompting+profile"] == max(mean.values())
+    assert mean["profile"] > mean["prompting+profile"] > mean["prompting"] > mean["mean-difference"]
 
 
 def test_measurements_table_is_the_bench_table():

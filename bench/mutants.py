@@ -1,0 +1,151 @@
+"""Hand-made mutants of the code that matters most, and whether the fast tests catch each one.
+
+    python bench/mutants.py [--only NAME ...]   (--only re-runs those and updates the recorded table)
+
+Each mutant is a plausible bug (a dropped norm gain, an inverted position
+mask, an off-by-one, a lost sign, a cache key without the version, ...)
+written as one exact text replacement.  For each: apply it to a scratch copy
+of the repository, run the tests that cover that code (tiny models only, no
+real-model tests, stop at the first failure), and record whether they failed.
+The working tree is never touched.  Results go to
+``bench/results/mutants.{json,md}``; ``docs/measurements.md`` quotes the table.
+
+mutmut was the alternative: on this code base it generates thousands of
+mutants (most in messages and docstrings), and a full run of the matching
+tests takes hours on 2 cores; these mutants are the bugs a reviewer would
+look for, each run against the tests that claim to cover it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+
+# name: (file, original text, mutated text, test files)
+MUTANTS: dict[str, tuple[str, str, str, list[str]]] = {
+    "decode: final-norm gain dropped": (
+        "steerkit/decode.py", "return vectors * scale * gain.float()", "return vectors * scale",
+        ["tests/test_decode.py", "tests/test_atlas.py"]),
+    "decode: view sign ignored": (
+        "steerkit/decode.py", "logits = view.sign * decode_logits(", "logits = 1 * decode_logits(",
+        ["tests/test_decode.py"]),
+    "atlas: chunk offset lost in the top-k merge": (
+        "steerkit/atlas.py", "chunk_high_ids + start, top_k, True)", "chunk_high_ids, top_k, True)",
+        ["tests/test_atlas.py"]),
+    "atlas: cache key without the version": (
+        "steerkit/atlas.py", 'code = hashlib.sha256(f"{ATLAS_FORMAT}|{__version__}".encode())',
+        'code = hashlib.sha256(f"{ATLAS_FORMAT}".encode())', ["tests/test_atlas.py"]),
+    "profile: clamp keeps the activation": (
+        "steerkit/profile.py", "            return 0.0, self.value * strength", "            return 1.0, self.value * strength",
+        ["tests/test_profile.py", "tests/test_hf_runtime.py"]),
+    "profile: add ignores the strength": (
+        "steerkit/profile.py", "            return 1.0, self.value * strength", "            return 1.0, self.value",
+        ["tests/test_profile.py", "tests/test_hf_runtime.py"]),
+    "hooks: position mask inverted": (
+        "runtimes/hf/hooks.py", "edited = torch.where(mask.view(-1, 1), edited, selected)",
+        "edited = torch.where(mask.view(-1, 1), selected, edited)", ["tests/test_hf_runtime.py", "tests/test_discover.py"]),
+    "positions: prompt one token too long": (
+        "runtimes/hf/positions.py", "in_prompt = absolute < prompt_length", "in_prompt = absolute <= prompt_length",
+        ["tests/test_hf_runtime.py", "tests/test_discover.py"]),
+    "patch: an existing bias is overwritten": (
+        "runtimes/llamacpp/patch.py", "return bias + existing if existing is not None else bias", "return bias",
+        ["tests/test_gguf_patch.py"]),
+    "scales: second scale field (min) left alone": (
+        "runtimes/llamacpp/scales.py", "Q.Q4_1: (0, 2)", "Q.Q4_1: (0,)", ["tests/test_gguf_patch.py"]),
+    "gguf: alignment not checked": (
+        "steerkit/gguf_file.py", "if alignment <= 0 or alignment & (alignment - 1):", "if alignment <= 0:",
+        ["tests/test_hostile_gguf.py"]),
+    "candidates: promoting sign flipped": (
+        "steerkit/candidates.py", "sign = np.where(write[..., 0] >= write[..., 1], 1, -1)",
+        "sign = np.where(write[..., 0] >= write[..., 1], -1, 1)", ["tests/test_discover.py"]),
+    "candidates: layer 0 allowed": (
+        "steerkit/candidates.py", "    combined[0] = -1.0\n", "", ["tests/test_discover.py"]),
+    "discovery: budget ignored in the choice": (
+        "steerkit/discovery.py", "return (point.in_budget, round(point.summary.score, 6), rate, -point.stats.nll)",
+        "return (round(point.summary.score, 6), point.in_budget, rate, -point.stats.nll)", ["tests/test_discover.py"]),
+    "discovery: concept vector sized by the wrong layer's norm": (
+        "steerkit/discovery.py", "adds * norms[layer] for layer", "adds * norms[-1] for layer", ["tests/test_discover.py"]),
+    "concept vector: direction not normalised": (
+        "steerkit/concept_vector.py", "vector / max(np.linalg.norm(vector), 1e-12)", "vector", ["tests/test_discover.py"]),
+    "scoring: harmonic mean of zero is not zero": (
+        "steerkit/scoring.py", "    if any(v <= 0 for v in values):\n        return 0.0\n", "",
+        ["tests/test_scoring.py"]),
+    "nll: first answer token always counted": (
+        "runtimes/hf/measure.py", "[[int(first_token)] + [1] * (len(a) - 1)", "[[1] + [1] * (len(a) - 1)",
+        ["tests/test_scoring.py"]),
+    "sampling: repetition penalty rewards repeats": (
+        "steerkit/sampling.py", "np.where(values > 0, values / penalty, values * penalty)",
+        "np.where(values > 0, values * penalty, values / penalty)", ["tests/test_hf_runtime.py", "tests/test_api.py"]),
+    "profile: YAML aliases accepted": (
+        "steerkit/profile.py", 'if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:',
+        "if False:", ["tests/test_hostile_files.py", "tests/test_profile.py"]),
+}
+
+
+def run_mutant(name: str, scratch: Path) -> dict:
+    path, original, mutated, tests = MUTANTS[name]
+    source = scratch / path
+    text = source.read_text()
+    if text.count(original) != 1:
+        return {"mutant": name, "file": path, "result": "not applicable (text not found once)"}
+    source.write_text(text.replace(original, mutated))
+    started = time.perf_counter()
+    try:
+        run = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-m", "not real",
+                              *tests], cwd=scratch, capture_output=True, text=True, timeout=900)
+        outcome = "caught" if run.returncode != 0 else "survived"
+        failed = next((line.split(" - ")[0] for line in run.stdout.splitlines() if line.startswith("FAILED")), "")
+    except subprocess.TimeoutExpired:
+        outcome, failed = "caught (timeout)", ""
+    finally:
+        source.write_text(text)
+    return {"mutant": name, "file": path, "tests": tests, "result": outcome, "failed": failed,
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", help="Mutant names to run (default: all).")
+    args = parser.parse_args()
+    names = args.only or list(MUTANTS)
+    with tempfile.TemporaryDirectory() as folder:
+        scratch = Path(folder) / "repo"
+        shutil.copytree(ROOT, scratch, ignore=shutil.ignore_patterns(".git", ".venv", "__pycache__", "results"))
+        # The scratch copy must be what the tests import, laid out as installed (runtimes/ and profiles/ inside
+        # steerkit/) and first on the path, ahead of the editable install of the working tree.
+        (scratch / "steerkit" / "runtimes").symlink_to(scratch / "runtimes")
+        (scratch / "steerkit" / "profiles").symlink_to(scratch / "profiles")
+        (scratch / "conftest.py").write_text("import sys, pathlib\nsys.path.insert(0, str(pathlib.Path(__file__).parent))\n")
+        check = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, '.'); import steerkit.runtimes.hf.hooks "
+                                "as m; print(m.__file__)"], cwd=scratch, capture_output=True, text=True)
+        if not check.stdout.strip().startswith(str(scratch)):
+            sys.exit(f"the scratch copy is not what Python imports ({check.stdout.strip() or check.stderr[-300:]})")
+        results = []
+        for number, name in enumerate(names, 1):
+            results.append(run_mutant(name, scratch))
+            print(f"[{number}/{len(names)}] {results[-1]['result']:9s} {name}", flush=True)
+    if args.only and (RESULTS / "mutants.json").is_file():  # update those entries of the last full run
+        fresh = {r["mutant"]: r for r in results}
+        earlier = json.loads((RESULTS / "mutants.json").read_text())
+        results = [fresh.pop(r["mutant"], r) for r in earlier] + list(fresh.values())
+    caught = sum(r["result"].startswith("caught") for r in results)
+    table = ["| mutant | file | result | first failing test |", "|---|---|---|---|"]
+    table += [f"| {r['mutant']} | `{r['file']}` | {r['result']} | {r.get('failed', '')} |" for r in results]
+    summary = f"\n{caught} of {len(results)} mutants caught by the fast tests.\n"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "mutants.json").write_text(json.dumps(results, indent=1) + "\n")
+    (RESULTS / "mutants.md").write_text("\n".join(table) + "\n" + summary)
+    print("\n".join(table) + summary)
+
+
+if __name__ == "__main__":
+    main()
