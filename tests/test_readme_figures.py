@@ -50,3 +50,16 @@ def test_measurements_table_is_the_bench_table():
     table = (ROOT / "bench" / "results" / "concepts.md").read_text()
     assert table.strip() in (ROOT / "docs" / "measurements.md").read_text()
     assert re.search(rf"mean over {len(_records())} concepts", table)
+
+
+def test_readme_suppression_claim_matches_the_recorded_bench():
+    """"Suppressing profiles cut mentions to zero where 'never mention X' makes the model say it more"."""
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert 'Suppressing profiles cut mentions to zero where "never mention X" makes the model say it more' in readme
+    lines = (ROOT / "bench" / "results" / "concepts-suppress.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert len(records) >= 3
+    for record in records:
+        rows = record["rows"]
+        assert rows["profile"]["mention_rate"] == 0.0, record["profile"]
+        assert rows["prompting"]["mention_rate"] > rows["unsteered"]["mention_rate"], record["profile"]

@@ -75,8 +75,9 @@ def test_chat_in_a_terminal():
 
 
 def test_discover_through_the_cli_writes_a_profile_that_validates(tmp_path):
-    out = tmp_path / "cat.yaml"
-    result = _cli("discover", "cat", "-o", str(out), timeout=600)
+    out, prompts = tmp_path / "cat.yaml", tmp_path / "prompts.txt"
+    prompts.write_text("Write a few lines about today.\nGive me some advice.\n")  # two prompts: a third of the time
+    result = _cli("discover", "cat", "-o", str(out), "--prompts", str(prompts), timeout=600)
     assert result.returncode == 0, result.stderr
     assert "<- chosen" in result.stdout and out.is_file()
     check = _cli("validate", str(out), "-m", "smollm2-135m")
