@@ -52,7 +52,7 @@ from steerkit.concept import Concept, concept_from_word, profile_name
 from steerkit.concept_vector import concept_directions, vector_layers
 from steerkit.errors import SteerkitError
 from steerkit.metrics import AnswerStats
-from steerkit.scoring import Summary, answer_stats_of, score_answers, summarise
+from steerkit.scoring import AnswerScores, Summary, answer_stats_of, score_answers, summarise
 from steerkit.plan import Plan, compile_plan
 from steerkit.profile import Edit, Profile
 from steerkit.prompts import builtin_prompts, reference_text
@@ -139,6 +139,9 @@ DISCOVERY_NEEDS = ("measures_activations", "batches_rows")  # what discovery ask
 _MIN_UNIT = 0.05  # floor for neurons that barely fire on the reference text
 
 
+_Reference = tuple[AnswerStats, list[AnswerScores]]  # the unsteered answers: budget figures and per-answer scores
+
+
 def build_profile(concept: Concept, candidates: list[Candidate], units: np.ndarray, setting: Setting,
                   suppress: bool, binding, positions: str = "prompt",
                   vectors: dict[int, np.ndarray] | None = None) -> Profile:
@@ -219,14 +222,23 @@ def discover(word: str, reader: WeightReader, atlas: Atlas, backend, suppress: b
 
     vectors: dict[int, np.ndarray] = {}
 
-    def measure(settings: list[Setting]) -> tuple[list[AnswerStats], list[Summary]]:
-        plans: list[Plan | None] = [None]
+    def measure(settings: list[Setting], reference: _Reference | None = None) -> tuple[_Reference, list[SweepPoint]]:
+        """Sweep points of ``settings``, judged against the unsteered answers (generated with them in the same
+        batch unless ``reference`` already holds them)."""
+        plans: list[Plan | None] = [None] if reference is None else []
         plans += [compile_plan([build_profile(concept, candidates, units, s, suppress, backend.binding, positions,
                                               vectors)]) for s in settings]
         answers = backend.generate(prompts, plans, max_new_tokens)
         scores = score_answers(backend, concept, prompts, answers)
-        stats = [answer_stats_of(scored, row) for row, scored in zip(answers, scores)]
-        return stats, [summarise(row, scores[0], suppress) for row in scores]
+        if reference is None:
+            reference = (answer_stats_of(scores[0], answers[0]), scores[0])
+            answers, scores = answers[1:], scores[1:]
+        base, base_scores = reference
+        points = []
+        for setting, row, scored in zip(settings, answers, scores):
+            stats = answer_stats_of(scored, row)
+            points.append(SweepPoint(setting, stats, budget.allows(stats, base), summarise(scored, base_scores, suppress)))
+        return reference, points
 
     def better(a: AnswerStats, b: AnswerStats) -> bool:
         return a.mention_rate < b.mention_rate if suppress else a.mention_rate > b.mention_rate
@@ -235,8 +247,8 @@ def discover(word: str, reader: WeightReader, atlas: Atlas, backend, suppress: b
                 for m in (SUPPRESS_MULTIPLES if suppress else
                           PROMOTE_ALL_MULTIPLES if positions == "all" else PROMOTE_MULTIPLES)]
     log(f"sweep: {len(settings)} settings x {len(prompts)} prompts, {max_new_tokens} tokens each")
-    (baseline, *stats), (_, *summaries) = measure(settings)
-    sweep = [SweepPoint(s, st, budget.allows(st, baseline), sm) for s, st, sm in zip(settings, stats, summaries)]
+    reference, sweep = measure(settings)
+    baseline = reference[0]
     gain = max((p.stats.mention_rate - baseline.mention_rate for p in sweep if p.in_budget), default=0.0)
     reads_residual = getattr(backend, "measures_activations", False)  # the fallback reads the residual stream
     if not suppress and positions == "prompt" and gain < VECTOR_FALLBACK and reads_residual:
@@ -246,9 +258,8 @@ def discover(word: str, reader: WeightReader, atlas: Atlas, backend, suppress: b
         norms = backend.residual_norms(reference_text())
         vectors.update({layer: adds * norms[layer] for layer, adds in
                         concept_directions(concept.word, backend, reader, layers, prompts).items()})
-        more = [Setting(reader.info.d_ff, f, layer) for layer in layers for f in VECTOR_FRACTIONS]
-        (_, *stats), (_, *summaries) = measure(more)
-        sweep += [SweepPoint(s, st, budget.allows(st, baseline), sm) for s, st, sm in zip(more, stats, summaries)]
+        sweep += measure([Setting(reader.info.d_ff, f, layer) for layer in layers for f in VECTOR_FRACTIONS],
+                         reference)[1]
 
     def goodness(point: SweepPoint) -> tuple:
         rate = -point.stats.mention_rate if suppress else point.stats.mention_rate

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 RSS_MARGIN = 64 << 20  # over the same command on valid input of the same size: hostile input may cost no more
@@ -33,3 +34,18 @@ def error_line(result: subprocess.CompletedProcess) -> str:
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
     return lines[0]
+
+
+_VALID_RSS: dict[str, int] = {}
+
+
+def valid_rss(key: str, prepare: Callable[[], tuple[list[str], Path]]) -> int:
+    """Peak RSS of a command on valid input, the yardstick for the same command on hostile input: measured
+    once per session for each ``key`` (same interpreter, same imports).  ``prepare`` writes the valid input
+    and returns the arguments and the folder to run in; the command must succeed there."""
+    if key not in _VALID_RSS:
+        args, folder = prepare()
+        result, rss = run_cli(*args, cwd=folder)
+        assert result.returncode == 0, result.stderr
+        _VALID_RSS[key] = rss
+    return _VALID_RSS[key]

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cli_probe import RSS_MARGIN, error_line, run_cli
+from cli_probe import RSS_MARGIN, error_line, run_cli, valid_rss
 from hostile_gguf import tiny_llama
 from hostile_profiles import EDITS, HEAD, PROFILES
 from steerkit.cache import atomic_write, check_output_target, remove_stale
@@ -420,26 +420,19 @@ def test_killed_conversions_leave_nothing_and_racing_first_runs_all_succeed(tmp_
         assert sum(name.endswith("mlp.down_proj.weight") for name in tensors.keys()) == 30
 
 
-_VALID_RSS: dict[str, int] = {}
-
-
 def _profile_commands(model, profile, out) -> dict[str, list[str]]:
     return {"validate": ["validate", str(profile), "--model", str(model)],
             "patch": ["patch", str(model), str(profile), "-o", str(out)],
             "export-cvec": ["export-cvec", str(profile), "-o", str(out), "--model", str(model)]}
 
 
-def _valid_rss(command: str, tmp_path_factory) -> int:
-    """Peak RSS of ``command`` with a valid profile on the same tiny model, measured once per session."""
-    if command not in _VALID_RSS:
-        folder = tmp_path_factory.mktemp("valid-profile")
-        model, profile = folder / "tiny.gguf", folder / "p.yaml"
-        model.write_bytes(tiny_llama().bytes())
-        profile.write_text(HEAD + EDITS.replace("clamp", "add"))
-        result, rss = run_cli(*_profile_commands(model, profile, folder / "out.gguf")[command], cwd=folder)
-        assert result.returncode == 0, result.stderr
-        _VALID_RSS[command] = rss
-    return _VALID_RSS[command]
+def _valid_profile_command(command: str, tmp_path_factory) -> tuple[list[str], Path]:
+    """``command`` with a valid profile on the same tiny model (what a hostile profile may cost no more memory than)."""
+    folder = tmp_path_factory.mktemp("valid-profile")
+    model, profile = folder / "tiny.gguf", folder / "p.yaml"
+    model.write_bytes(tiny_llama().bytes())
+    profile.write_text(HEAD + EDITS.replace("clamp", "add"))
+    return _profile_commands(model, profile, folder / "out.gguf")[command], folder
 
 
 @pytest.mark.parametrize("case", [*PROFILES, "/dev/zero", "fifo", "strength nan", "strength 1e39"])
@@ -470,5 +463,6 @@ def test_commands_refuse_hostile_profiles_in_one_line_and_leave_nothing(tmp_path
         result, rss = run_cli(*args, *extra, cwd=tmp_path, timeout=30)
         line = error_line(result)
         assert message in line, line
-        assert rss <= _valid_rss(command, tmp_path_factory) + size + RSS_MARGIN, (command, rss)
+        valid = valid_rss(f"profile {command}", lambda: _valid_profile_command(command, tmp_path_factory))
+        assert rss <= valid + size + RSS_MARGIN, (command, rss)
     assert sorted(os.listdir(tmp_path)) == before  # no output, no temporary file, no cache entry

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import copy
 import os
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cli_probe import RSS_MARGIN, error_line, run_cli
+from cli_probe import RSS_MARGIN, error_line, run_cli, valid_rss
 from hostile_gguf import ARRAY, F32, I32, STRING, U8, U32, U64, RawGGUF, nested_array, tiny_llama
 from steerkit.errors import SteerkitError
 from steerkit.gguf_file import GGUFFile
@@ -180,20 +181,15 @@ def test_fuzzed_headers_are_read_or_refused_cleanly(tmp_path, data):
         assert "\n" not in str(exc)
 
 
-_BASELINE_RSS: dict[str, int] = {}
-
-
-def _baseline_rss(command: str, tmp_path_factory) -> int:
-    """Peak RSS of ``command`` on a valid tiny model, measured once per session (same interpreter, same imports)."""
-    if command not in _BASELINE_RSS:
-        folder = tmp_path_factory.mktemp("valid")
-        path = _write(folder, tiny_llama(), "model.gguf")
-        profile = folder / "p.yaml"
-        profile.write_text(_PROFILE)
-        args = {"patch": ["patch", str(path), str(profile), "-o", str(folder / "out.gguf")],
-                "neuron": ["neuron", "1:3", "--model", str(path)], "inspect": ["inspect", str(path)]}[command]
-        _BASELINE_RSS[command] = run_cli(*args, cwd=folder)[1]
-    return _BASELINE_RSS[command]
+def _valid_model_command(command: str, tmp_path_factory) -> tuple[list[str], Path]:
+    """``command`` on a valid tiny model (what a hostile header may cost no more memory than)."""
+    folder = tmp_path_factory.mktemp("valid")
+    path = _write(folder, tiny_llama(), "model.gguf")
+    profile = folder / "p.yaml"
+    profile.write_text(_PROFILE)
+    args = {"patch": ["patch", str(path), str(profile), "-o", str(folder / "out.gguf")],
+            "neuron": ["neuron", "1:3", "--model", str(path)], "inspect": ["inspect", str(path)]}[command]
+    return args, folder
 
 
 _PROFILE = ("steerkit: 1\nname: p\nmodel: {arch: llama, n_layers: 2, d_model: 8, d_ff: 16, vocab_size: 12}\n"
@@ -212,7 +208,7 @@ def test_commands_refuse_hostile_models_and_leave_nothing(tmp_path, tmp_path_fac
                  ["inspect", str(path)]):
         result, rss = run_cli(*args, cwd=tmp_path)
         assert message in error_line(result), result.stderr
-        baseline = _baseline_rss(args[0], tmp_path_factory)
+        baseline = valid_rss(f"model {args[0]}", lambda: _valid_model_command(args[0], tmp_path_factory))
         print(f"{case}: {args[0]} peak RSS {rss / 2**20:.0f} MiB (valid model: {baseline / 2**20:.0f} MiB)")
         assert rss <= baseline + path.stat().st_size + RSS_MARGIN
     assert sorted(os.listdir(tmp_path)) == before  # no output, no temporary file, no cache entry

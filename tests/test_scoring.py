@@ -10,7 +10,6 @@ import torch
 from steerkit.concept import concept_from_word
 from steerkit.diffmean import CONCEPT_SYSTEM, diffmean_profiles
 from steerkit.evaluate import evaluate
-from steerkit.plan import compile_plan
 from steerkit.profile import Edit, Profile
 from steerkit.runtimes.hf.measure import answer_nll, answer_states, residual_norms
 from steerkit.scoring import NLL_SPAN, REPETITION_SPAN, AnswerScores, harmonic, score_answers, summarise

@@ -98,12 +98,14 @@ class HFBackend(Backend):
     def activation_scale(self, text: str) -> np.ndarray:
         return activation_scale(self.model, self.tokenizer, text)
 
-    def residual_norms(self, text: str) -> np.ndarray:
+    def _unsteered_only(self, what: str) -> None:
         if self._hooks is not None:
-            raise SteerkitError("residual_norms measures the unsteered model: remove the applied plan first")
+            raise SteerkitError(f"{what} measures the unsteered model: remove the applied plan first")
+
+    def residual_norms(self, text: str) -> np.ndarray:
+        self._unsteered_only("residual_norms")
         return residual_norms(self.model, self.tokenizer, text)
 
     def answer_states(self, prompts: list, answers: list[str], layers: list[int]) -> np.ndarray:
-        if self._hooks is not None:
-            raise SteerkitError("answer_states measures the unsteered model: remove the applied plan first")
+        self._unsteered_only("answer_states")
         return answer_states(self.model, self.tokenizer, prompts, answers, layers)

@@ -23,22 +23,21 @@ def model_arch(model: torch.nn.Module) -> ArchSpec:
     return arch_for_hf(str(text_config(model).model_type), type(model).__name__)
 
 
-def mlp_module(model: torch.nn.Module, layer: int) -> torch.nn.Module:
-    """The MLP of decoder layer ``layer`` (has ``gate_proj``, ``up_proj``, ``down_proj``)."""
-    path = model_arch(model).hf_mlp_path.format(layer=layer)
+def _submodule(model: torch.nn.Module, path: str, layer: int) -> torch.nn.Module:
     try:
         return model.get_submodule(path)
     except AttributeError as exc:
         raise SteerkitError(f"{type(model).__name__}: no module {path} (layer {layer})") from exc
+
+
+def mlp_module(model: torch.nn.Module, layer: int) -> torch.nn.Module:
+    """The MLP of decoder layer ``layer`` (has ``gate_proj``, ``up_proj``, ``down_proj``)."""
+    return _submodule(model, model_arch(model).hf_mlp_path.format(layer=layer), layer)
 
 
 def decoder_layer(model: torch.nn.Module, layer: int) -> torch.nn.Module:
-    """Decoder layer ``layer`` (the module whose output is the residual stream after that layer)."""
-    path = model_arch(model).hf_mlp_path.format(layer=layer).rpartition(".")[0]
-    try:
-        return model.get_submodule(path)
-    except AttributeError as exc:
-        raise SteerkitError(f"{type(model).__name__}: no module {path} (layer {layer})") from exc
+    """Decoder layer ``layer`` (the module whose output is the residual stream after that layer): the MLP's parent."""
+    return _submodule(model, model_arch(model).hf_mlp_path.format(layer=layer).rpartition(".")[0], layer)
 
 
 def model_binding(model: torch.nn.Module, tokenizer=None) -> ModelBinding:
