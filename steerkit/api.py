@@ -82,7 +82,7 @@ def steer(model: Any, profiles: ProfileLike | Sequence[ProfileLike], tokenizer: 
     plan = _plan_for(model, profiles, tokenizer, strength)
     if isinstance(model, Backend):
         return model.apply(plan)
-    return Handle(attach(model, plan).remove)
+    return Handle(attach(model, plan, tokenizer).remove)
 
 
 def bake(model: Any, profiles: ProfileLike | Sequence[ProfileLike], tokenizer: Any = None,
@@ -108,11 +108,12 @@ def load_backend(model: str | None = None, runtime: str | None = None, device: s
 
 def discover(word: str, model: str | Backend | None = None, suppress: bool = False,
              prompts: list[str] | None = None, log: Callable[[str], None] = lambda message: None,
-             progress: bool = False, positions: str = "prompt") -> Discovery:
+             progress: bool = False, positions: str = "until") -> Discovery:
     """Find and calibrate a profile for ``word`` on ``model`` (a steerkit name, a path or a backend).
 
-    ``positions="all"`` calibrates a promoting profile that acts at every position,
-    which ``patch_gguf`` can bake into weights (prompt-position profiles run in steerkit only).
+    ``positions``: ``"until"`` (default) steers the answer until it names the word; ``"prompt"``
+    steers the prompt only; ``"all"`` acts at every position, which ``patch_gguf`` can bake into
+    weights (the other two run in steerkit's runtimes only).
 
     Returns a :class:`~steerkit.discovery.Discovery`: ``.profile`` (save it with
     :func:`steerkit.profile.save_profile`), ``.chosen`` and ``.sweep`` with the

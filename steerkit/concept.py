@@ -18,13 +18,15 @@ whole phrase.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
 from steerkit.errors import SteerkitError
 from steerkit.vocab import space_marker, word_variants
 
-__all__ = ["Concept", "concept_from_word", "normalise_concept", "profile_name", "MAX_WORDS", "MAX_LETTERS"]
+__all__ = ["Concept", "concept_from_word", "normalise_concept", "profile_name", "mention_pattern", "named_so_far", "MAX_WORDS",
+           "MAX_LETTERS"]
 
 _MIN_PIECE_LETTERS = 3  # shorter first pieces ("Ġe") would stand for thousands of words
 MAX_WORDS = 4
@@ -44,12 +46,30 @@ class Concept:
     @property
     def pattern(self) -> re.Pattern:
         """Matches the word and its plural as whole words, any case."""
-        stem = r"\s+".join(re.escape(part) for part in self.word.lower().split())
-        return re.compile(rf"\b{stem}(?:s|es)?\b", re.IGNORECASE)
+        return mention_pattern(self.word)
 
     def mentioned_in(self, text: str) -> bool:
         """True if ``text`` names the concept (the word or its plural, any case)."""
         return bool(self.pattern.search(text))
+
+
+@functools.lru_cache(maxsize=256)
+def mention_pattern(word: str) -> re.Pattern:
+    """What counts as naming ``word`` in text: the word or phrase, or its plural, as whole words, any case.
+
+    Evaluation counts mentions with it, and runtimes release ``until`` edits with it, so both agree.
+    """
+    stem = r"\s+".join(re.escape(part) for part in word.lower().split())
+    return re.compile(rf"\b{stem}(?:s|es)?\b", re.IGNORECASE)
+
+
+def named_so_far(word: str, text: str) -> bool:
+    """Whether a text still being written has named ``word`` (what releases ``until`` edits).
+
+    A word at the very end counts at once, though it may still grow ("dog" of "dogma"): waiting
+    for the next token would steer that token too, and steered models then repeat the word.
+    """
+    return mention_pattern(word).search(text) is not None
 
 
 def profile_name(word: str, suppress: bool = False) -> str:

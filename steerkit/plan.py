@@ -7,7 +7,7 @@ a runtime applies with one indexed write, however many edits there are.
 Combining profiles: they apply in the order given, each on top of the ones
 before (function composition).  Two edits of the same neuron therefore
 compose: a clamp applied last wins; two scales multiply; an add after a clamp
-shifts the clamp value.  Each profile keeps its own ``positions``.
+shifts the clamp value.  Each profile keeps its own ``positions`` and ``until``.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ class EditGroup:
 
     positions: str  # "all", "prompt" or "generated"
     layers: tuple[LayerEdits, ...]
+    until: str | None = None  # the edits stop once the answer has named this (steerkit.concept.named_so_far)
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,12 @@ class Plan:
                     f"profile edits restricted to {group.positions!r} positions cannot be baked into weights "
                     f"(HF bake, GGUF patch): run them in steerkit (hooks, or its llama.cpp runtime), or use a "
                     f"profile that acts on all positions", "weights"
+                )
+            if group.until is not None and group.layers:
+                raise UnsupportedEdit(
+                    f"profile edits that stop once the answer names {group.until!r} cannot be baked into weights "
+                    f"(HF bake, GGUF patch): run them in steerkit (hooks, or its llama.cpp runtime), or use a "
+                    f"profile without 'until'", "weights"
                 )
         per_neuron: dict[tuple[int, int], tuple[float, float]] = {}
         for group in self.groups:
@@ -114,5 +121,5 @@ def compile_plan(profiles: list[Profile], model: ModelBinding | None = None, str
             check_binding(profile, model)
         factor = profile.strength if strength is None else strength
         per_neuron = {(e.layer, e.neuron): e.affine(factor) for e in profile.edits}
-        groups.append(EditGroup(profile.positions, tuple(_group_by_layer(per_neuron).values())))
+        groups.append(EditGroup(profile.positions, tuple(_group_by_layer(per_neuron).values()), profile.until))
     return Plan(tuple(groups), tuple(p.name for p in profiles))

@@ -22,6 +22,7 @@ Example (format version 1)::
     model: {arch: llama, n_layers: 30, d_model: 576, d_ff: 1536, vocab_size: 49152,
             vocab_sha256: 5f1c...}
     positions: all          # all | prompt | generated
+    until: dog              # optional: the edits stop once the answer has named this word (or phrase)
     strength: 1.0
     edits:
       - {layer: 29, neuron: 808, op: clamp, value: 30, tokens: [dog, dogs], score: 0.41}
@@ -41,6 +42,7 @@ from typing import Any
 import yaml
 
 from steerkit.cache import atomic_write
+from steerkit.concept import normalise_concept
 from steerkit.errors import SteerkitError
 from steerkit.files import read_bounded
 
@@ -50,9 +52,13 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
+_UNTIL_NEEDS = "needs positions all or generated (prompt-position edits end with the prompt anyway)"
 MAX_PROFILE_BYTES = 1 << 20
 OPS = ("clamp", "scale", "add", "ablate")
 POSITIONS = ("all", "prompt", "generated")
+#: Where ``discover`` makes a promoting profile act: the answer until it names the concept
+#: (``positions: generated`` with ``until``), the prompt, or every position (what weights can carry).
+DISCOVERY_POSITIONS = ("until", "prompt", "all")
 
 
 @dataclass(frozen=True)
@@ -121,6 +127,9 @@ class Profile:
     strength: float = 1.0
     provenance: dict[str, Any] = field(default_factory=dict)
     source: str = "<profile>"  # where it was read from, for messages
+    #: With ``positions`` all or generated: the edits stop for the rest of an answer once it has named this
+    #: word or phrase (:func:`steerkit.concept.named_so_far`).  Weights cannot do that: runtimes only.
+    until: str | None = None
 
     def __post_init__(self) -> None:
         # Profiles built in code get the checks a YAML file gets, with the same field names.
@@ -135,6 +144,15 @@ class Profile:
         if self.positions not in POSITIONS:
             raise SteerkitError(f"{where}positions: {self.positions!r} is not one of {', '.join(POSITIONS)}")
         self.strength = finite_number(self.strength, f"{where}strength", MAX_STRENGTH)
+        if self.until is not None:
+            if not isinstance(self.until, str):
+                raise SteerkitError(f"{where}until: expected a word or short phrase, got {_short(self.until)}")
+            try:
+                self.until = normalise_concept(self.until)
+            except SteerkitError as exc:
+                raise SteerkitError(f"{where}until: {exc}") from None
+            if self.positions == "prompt":
+                raise SteerkitError(f"{where}until: {_UNTIL_NEEDS}")
         if not isinstance(self.provenance, dict):
             raise SteerkitError(f"{where}provenance: expected a mapping")
         seen: dict[tuple[int, int], int] = {}
@@ -314,7 +332,7 @@ class _Checker:
         return value
 
 
-_TOP_FIELDS = {"steerkit", "name", "description", "model", "positions", "strength", "edits", "provenance"}
+_TOP_FIELDS = {"steerkit", "name", "description", "model", "positions", "until", "strength", "edits", "provenance"}
 _MODEL_FIELDS = {"arch", "n_layers", "d_model", "d_ff", "vocab_size", "vocab_sha256"}
 _EDIT_FIELDS = {"layer", "neuron", "op", "value", "tokens", "score"}
 
@@ -344,6 +362,15 @@ def parse_profile(text: str, source: str = "<profile>") -> Profile:
     description = check.string(top, "description", "description") if "description" in top else ""
     positions = check.string(top, "positions", "positions", POSITIONS) if "positions" in top else "all"
     strength = check.number(top, "strength", "strength", MAX_STRENGTH) if "strength" in top else 1.0
+    until = None
+    if "until" in top:
+        until = check.string(top, "until", "until")
+        try:
+            until = normalise_concept(until)
+        except SteerkitError as exc:
+            raise check.fail(top, "until", "until", str(exc)) from None
+        if positions == "prompt":
+            raise check.fail(top, "until", "until", _UNTIL_NEEDS)
 
     model_map = check.mapping(top["model"], top, "model", "model", _MODEL_FIELDS, _MODEL_FIELDS - {"vocab_sha256"})
     binding = ModelBinding(
@@ -384,7 +411,7 @@ def parse_profile(text: str, source: str = "<profile>") -> Profile:
     provenance = top.get("provenance", {})
     if not isinstance(provenance, dict):
         raise check.fail(top, "provenance", "provenance", "expected a mapping")
-    return Profile(name, binding, edits, description, positions, strength, _plain(provenance), source)
+    return Profile(name, binding, edits, description, positions, strength, _plain(provenance), source, until)
 
 
 def _plain(value: Any) -> Any:
@@ -421,7 +448,9 @@ def profile_to_dict(profile: Profile) -> dict[str, Any]:
         edits.append(entry)
     model = {k: v for k, v in asdict(profile.model).items() if v is not None}
     data: dict[str, Any] = {"steerkit": FORMAT_VERSION, "name": profile.name, "description": profile.description,
-                            "model": model, "positions": profile.positions, "strength": profile.strength, "edits": edits}
+                            "model": model, "positions": profile.positions,
+                            **({"until": profile.until} if profile.until else {}),
+                            "strength": profile.strength, "edits": edits}
     if profile.provenance:
         data["provenance"] = profile.provenance
     return data

@@ -76,10 +76,10 @@ def test_apply_and_remove_restore_exactly(backend):
     assert backend.nll(PROMPTS, plain) == plain_nll
 
 
-# What each backend cannot express exactly (llama.cpp: a control vector exists only for additive edits on
-# prompt positions from layer 1 on; edits on generated positions have no carrier at all).
+# What each backend cannot express exactly (llama.cpp: a control vector, set and cleared between evaluations,
+# carries only additive edits from layer 1 on; weights carry nothing limited to some positions or released).
 INEXPRESSIBLE = {"hf": set(), "llama.cpp": {"generated clamp", "prompt clamp", "prompt add in layer 0"},
-                 EXAMPLE: {"generated clamp", "prompt clamp", "prompt add in layer 0"}}
+                 EXAMPLE: {"generated clamp", "prompt clamp", "prompt add in layer 0", "answer add until dog"}}
 
 
 def test_inexpressible_plans_are_refused_before_anything_changes(backend):
@@ -89,6 +89,7 @@ def test_inexpressible_plans_are_refused_before_anything_changes(backend):
         "prompt clamp": Profile("p", binding, [Edit(29, 808, "clamp", 30.0)], positions="prompt"),
         "prompt add in layer 0": Profile("z", binding, [Edit(0, 5, "add", 3.0)], positions="prompt"),
         "all-position scale": Profile("s", binding, [Edit(12, 7, "scale", 2.0)]),
+        "answer add until dog": Profile("u", binding, [Edit(20, 5, "add", 3.0)], positions="generated", until="dog"),
     }
     plain = backend.generate(PROMPTS[:2], None, 8, GREEDY)
     refused = set()

@@ -271,7 +271,7 @@ def _gemma_cpp() -> LlamaCppModel:
 def test_prompt_position_profile_matches_hf_in_llama_cpp(setup, baseline):
     """A discovered profile (adds on prompt positions) runs in llama.cpp as a control vector set for the prompt only."""
     from steerkit.runtimes.hf import attach
-    from steerkit.runtimes.llamacpp.prompt_vector import prompt_directions
+    from steerkit.runtimes.llamacpp.prompt_vector import vector_steering
     from steerkit.profile import load_profile
     from steerkit.shipped import shipped_profile
     from steerkit.weights.gguf_reader import GGUFWeights
@@ -280,7 +280,7 @@ def test_prompt_position_profile_matches_hf_in_llama_cpp(setup, baseline):
     profile = load_profile(shipped_profile("dog"))
     assert profile.positions == "prompt" and all(e.op == "add" for e in profile.edits)
     plan = compile_plan([profile], model_binding(model, tokenizer))
-    directions = prompt_directions(GGUFWeights(resolve_model().path), plan)
+    steering = vector_steering(GGUFWeights(resolve_model().path), plan)
     cpp = LlamaCppModel(resolve_model().path)
     hf, cpp_logits, plain = [], [], hf_logits(model, ids)
     for row in ids:
@@ -290,7 +290,7 @@ def test_prompt_position_profile_matches_hf_in_llama_cpp(setup, baseline):
         with torch.no_grad():
             hf.append(model(torch.tensor([row])).logits[0].numpy())
         handle.remove()
-        cpp_logits.append(cpp.logits_prompt_steered(row[:split], row[split:], directions))
+        cpp_logits.append(cpp.logits_steered(row[:split], row[split:], steering))
     kl, top1 = compare(hf, cpp_logits)
     moved, _ = compare(hf, plain)
     base_kl, base_top1 = baseline
@@ -299,6 +299,50 @@ def test_prompt_position_profile_matches_hf_in_llama_cpp(setup, baseline):
     assert kl <= 1.5 * base_kl and top1 >= base_top1 - 0.03 and moved > 2 * kl
     # The vector is cleared after the prompt: decoding the same tokens again unsteered gives the plain logits.
     np.testing.assert_allclose(cpp.logits(ids[0]), LlamaCppModel(resolve_model().path).logits(ids[0]), atol=1e-4)
+
+
+def test_until_profile_is_released_at_the_same_token_in_both_runtimes(setup, baseline):
+    """Adds on the answer until it names "dog": llama.cpp (control vector dropped at the naming token) against
+    the transformers hooks (mask ending there), over texts whose continuation names the word, and over one
+    that never does."""
+    from steerkit.concept import named_so_far
+    from steerkit.runtimes.hf import attach
+    from steerkit.runtimes.llamacpp.prompt_vector import vector_steering
+    from steerkit.weights.gguf_reader import GGUFWeights
+
+    model, tokenizer, _ = setup
+    binding = model_binding(model, tokenizer)
+    edits = [Edit(24, j, "add", 2.0 * (1 if j % 2 else -1)) for j in range(0, 1536, 8)]
+    profile = Profile("u", binding, edits, positions="generated", until="dog")
+    always = Profile("a", binding, edits, positions="generated")
+    pairs = [("Tell me about your pet.", " I have a small dog called Rex. He loves long walks in the rain."),
+             ("Write a line about the sea.", " The waves roll in and the gulls cry out over the grey water.")]
+    cpp = LlamaCppModel(resolve_model().path)
+    weights = GGUFWeights(resolve_model().path)
+    for prompt, rest in pairs:
+        prompt_ids = tokenizer(prompt).input_ids
+        rest_ids = tokenizer(rest, add_special_tokens=False).input_ids
+        row = prompt_ids + rest_ids
+        outputs = {}
+        for name, p in (("until", profile), ("always", always)):
+            plan = compile_plan([p], binding)
+            handle = attach(model, plan, tokenizer)
+            handle.set_prompt_length(len(prompt_ids))
+            with torch.no_grad():
+                hf = model(torch.tensor([row])).logits[0].numpy()
+            handle.remove()
+            outputs[name] = (hf, cpp.logits_steered(prompt_ids, rest_ids, vector_steering(weights, plan)))
+        kl, top1 = compare([outputs["until"][0]], [outputs["until"][1]])
+        base_kl, _ = baseline
+        assert kl <= 1.5 * base_kl and top1 >= 0.9, (prompt, kl, top1)
+        named = next((k for k in range(len(rest_ids)) if named_so_far("dog", tokenizer.decode(rest_ids[:k + 1]))), None)
+        for hf_or_cpp in (0, 1):
+            until, steered_always = outputs["until"][hf_or_cpp], outputs["always"][hf_or_cpp]
+            start = len(prompt_ids) + (named if named is not None else len(rest_ids))
+            # Before the naming token both profiles compute the same; from it on only 'always' is steered.
+            np.testing.assert_allclose(until[:start], steered_always[:start], atol=1e-3)
+            if named is not None:
+                assert np.abs(until[start:] - steered_always[start:]).max() > 0.1
 
 
 def test_discovered_dog_profile_answers_in_llama_cpp():

@@ -61,7 +61,7 @@ class HFBackend(Backend):
 
     def _steer(self, plan: Plan) -> Callable[[], None]:
         """Hooks stay on the model until ``remove()``: the user's own ``model.generate`` is steered too."""
-        self._hooks = attach(self.model, plan)
+        self._hooks = attach(self.model, plan, self.tokenizer)
 
         def take_off() -> None:
             self._hooks.remove()
@@ -89,7 +89,7 @@ class HFBackend(Backend):
         try:
             return answer_nll(self.model, self.tokenizer, prompts, answers, first_token=first_token)
         finally:
-            self._hooks = attach(self.model, self.applied)
+            self._hooks = attach(self.model, self.applied, self.tokenizer)
 
     def count_tokens(self, prompt, answer: str) -> tuple[int, int]:
         prompt_ids = build_inputs(self.tokenizer, [prompt], "cpu")["input_ids"][0]

@@ -110,7 +110,7 @@ def generate_rows(model, tokenizer, prompts: list, plans: list[Plan | None], max
         kwargs = generate_kwargs(tokenizer, sampling, prompt_length, max_new_tokens)
         if on_text is not None and len(rows) == 1:
             kwargs["streamer"] = text_streamer(tokenizer, on_text)
-        handle = attach_rows(model, [plans[k] or empty for _, k in chunk])
+        handle = attach_rows(model, [plans[k] or empty for _, k in chunk], tokenizer)
         try:
             output = model.generate(**inputs, **kwargs)
         finally:

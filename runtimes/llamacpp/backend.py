@@ -2,9 +2,10 @@
 
 A plan splits in two (:func:`~steerkit.runtimes.llamacpp.prompt_vector.split_plan`): its
 all-position edits are patched into a copy of the GGUF (cached by model, plan and steerkit
-version), its prompt-position ``add`` edits become a control vector that is set while the
-prompt is evaluated and cleared before the answer is decoded.  One answer at a time: llama.cpp
-cannot vary an edit within a batch, so per-row plans run one after another.
+version); its ``add`` edits limited to the prompt or the answer, or that stop once the answer
+names a word, become control vectors set and cleared between evaluations on one KV cache.  One
+answer at a time: llama.cpp cannot vary an edit within a batch, so per-row plans run one after
+another.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from steerkit.prompts import RawText
 from steerkit.runtimes.base import Backend
 from steerkit.runtimes.llamacpp.model import LlamaCppModel
 from steerkit.runtimes.llamacpp.patch import write_patched
-from steerkit.runtimes.llamacpp.prompt_vector import split_plan
+from steerkit.runtimes.llamacpp.prompt_vector import VectorSteering, split_plan
 from steerkit.sampling import Sampling
 from steerkit.sources import ModelSource
 from steerkit.version import __version__
@@ -38,7 +39,7 @@ _SPLITS_KEPT = 64  # plans whose split (patched copy, prompt vector) is remember
 
 def plan_key(plan: Plan) -> str:
     """A digest of everything in ``plan`` that changes the weights or vectors."""
-    text = repr([(g.positions, [(l.layer, l.neurons.tolist(), l.mult.tolist(), l.add.tolist()) for l in g.layers])
+    text = repr([(g.positions, g.until, [(l.layer, l.neurons.tolist(), l.mult.tolist(), l.add.tolist()) for l in g.layers])
                  for g in plan.groups])
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -75,7 +76,7 @@ class LlamaCppBackend(Backend):
         self._plain = LlamaCppModel(self.weights.path, n_ctx=_CONTEXT, all_logits=False)
         self._scorer: LlamaCppModel | None = None  # all-position logits, for nll(); loaded on first use
         self._copies: OrderedDict[Path, LlamaCppModel] = OrderedDict()
-        self._splits: OrderedDict[str, tuple[Path, dict[int, np.ndarray]]] = OrderedDict()
+        self._splits: OrderedDict[str, tuple[Path, VectorSteering]] = OrderedDict()
 
     @classmethod
     def accepts(cls, source: ModelSource, device: str) -> str | None:
@@ -96,21 +97,21 @@ class LlamaCppBackend(Backend):
             raise SteerkitError(f"model {source.name}: the llama.cpp runtime {reason}")
         return cls(source.path, source.name)
 
-    def _split(self, plan: Plan) -> tuple[Path, dict[int, np.ndarray]]:
+    def _split(self, plan: Plan) -> tuple[Path, VectorSteering]:
         # check() and generate() both need it for every request: remembered per plan (the file is re-checked).
         key = plan_key(plan)
         if key in self._splits and self._splits[key][0].is_file():
             self._splits.move_to_end(key)
             return self._splits[key]
-        everywhere, directions = split_plan(self.weights, plan)
+        everywhere, vectors = split_plan(self.weights, plan)
         path = self.weights.path if everywhere.is_empty else patched_copy(self.weights, everywhere)
-        self._splits[key] = (path, directions)
+        self._splits[key] = (path, vectors)
         while len(self._splits) > _SPLITS_KEPT:
             self._splits.popitem(last=False)
-        return path, directions
+        return path, vectors
 
     def check(self, plan: Plan) -> None:
-        """Refuses what neither the patched copy nor the prompt vector can carry (builds the copy, cached)."""
+        """Refuses what neither the patched copy nor control vectors can carry (builds the copy, cached)."""
         self._split(plan)
 
     def _model(self, path: Path) -> LlamaCppModel:
@@ -127,12 +128,12 @@ class LlamaCppBackend(Backend):
                   on_text: Callable[[str], None] | None) -> list[list[str]]:
         rows = []
         for plan in plans:
-            path, directions = self._split(plan) if plan is not None else (self.weights.path, {})
+            path, vectors = self._split(plan) if plan is not None else (self.weights.path, VectorSteering())
             model = self._model(path)
             answers = []
             for prompt in prompts:
                 pieces = []
-                for piece in model.answer(_messages(prompt), directions, max_new_tokens, sampling):
+                for piece in model.answer(_messages(prompt), vectors, max_new_tokens, sampling):
                     pieces.append(piece)
                     if on_text is not None and len(plans) == len(prompts) == 1:
                         on_text(piece)

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
+from steerkit.concept import named_so_far
 from steerkit.errors import SteerkitError
 from steerkit.prompts import RawText
+from steerkit.runtimes.llamacpp.prompt_vector import VectorSteering
 from steerkit.sampling import GREEDY, Sampling, next_token
 
 __all__ = ["LlamaCppModel"]
@@ -70,17 +72,30 @@ class LlamaCppModel:
         if llama_cpp.llama_set_adapter_cvec(ctx, pointer, self._cvec.size, n_embd, 1, n_layer - 1) != 0:
             raise SteerkitError(f"{self.path}: llama.cpp refused the control vector")
 
-    def logits_prompt_steered(self, prompt_ids: list[int], rest_ids: list[int],
-                              directions: dict[int, np.ndarray]) -> np.ndarray:
-        """Logits over ``prompt_ids + rest_ids`` with ``directions`` added on the prompt positions only."""
+    def logits_steered(self, prompt_ids: list[int], rest_ids: list[int], steering: VectorSteering) -> np.ndarray:
+        """Logits over ``prompt_ids + rest_ids`` under ``steering``, ``rest_ids`` read as the answer (one token
+        per evaluation, as :meth:`answer` decodes them): a parity check against the transformers hooks."""
         self.llm.reset()
-        self._apply_control_vector(directions)
+        named: set[str] = set()
+        self._apply_control_vector(steering.prompt())
         try:
             self.llm.eval(list(prompt_ids))
+            self._apply_control_vector(steering.answer(named))
+            for k, token in enumerate(rest_ids):
+                text = self.llm.detokenize(list(rest_ids[:k + 1])).decode("utf-8", errors="ignore")
+                if self._release(steering, named, text):
+                    self._apply_control_vector(steering.answer(named))
+                self.llm.eval([token])
         finally:
             self._apply_control_vector(None)
-        self.llm.eval(list(rest_ids))
         return np.array(self.llm.scores[: len(prompt_ids) + len(rest_ids)], dtype=np.float32)
+
+    @staticmethod
+    def _release(steering: VectorSteering, named: set[str], text: str) -> bool:
+        """Add to ``named`` the ``until`` words that the answer ``text`` has now named; whether there were any."""
+        newly = {w for w in steering.words if w not in named and named_so_far(w, text)}
+        named |= newly
+        return bool(newly)
 
     def chat_prompt_tokens(self, messages: list[dict] | RawText) -> list[int]:
         """The tokens of ``messages`` under the file's chat template, ready for the answer (as chat() builds them);
@@ -98,19 +113,22 @@ class LlamaCppModel:
                                         llm._model.token_get_text(bos) if bos != -1 else "")
         return llm.tokenize(formatter(messages=messages).prompt.encode("utf-8"), add_bos=False, special=True)
 
-    def answer(self, messages: list[dict], directions: dict[int, np.ndarray] | None = None, max_tokens: int = 60,
+    def answer(self, messages: list[dict], steering: VectorSteering | None = None, max_tokens: int = 60,
                sampling: Sampling = GREEDY):
-        """Answer ``messages``, yielding text pieces; ``directions`` are added to the prompt positions only.
+        """Answer ``messages``, yielding text pieces, with ``steering``'s control vectors where they apply.
 
-        The prompt is evaluated with the control vector set, the vector is then
-        cleared and the answer decoded on the same KV cache: the keys and
-        values of the prompt keep the steering, the generated positions do not.
-        Tokens are chosen by :func:`steerkit.sampling.next_token`, the same
-        rule with and without steering.
+        The prompt is evaluated with the prompt's vector set, then the
+        answer's vector is set and the answer decoded on the same KV cache:
+        the keys and values of the prompt keep what steered them.  A part
+        with ``until`` is dropped from the answer's vector once the answer
+        has named its word (:func:`steerkit.concept.named_so_far`); the
+        tokens already evaluated keep it.  Tokens are chosen by
+        :func:`steerkit.sampling.next_token`, the same rule with and without steering.
         """
         import llama_cpp
 
         llm = self.llm
+        steering = steering or VectorSteering()
         prompt = self.chat_prompt_tokens(messages)
         if len(prompt) + max_tokens > llm.n_ctx():
             raise SteerkitError(f"prompt of {len(prompt)} tokens + {max_tokens} new tokens exceed the context of "
@@ -118,25 +136,29 @@ class LlamaCppModel:
         vocab = llama_cpp.llama_model_get_vocab(llm._model.model)
         rng = np.random.default_rng(sampling.seed)
         llm.reset()
-        self._apply_control_vector(directions or {})
+        named: set[str] = set()
+        self._apply_control_vector(steering.prompt())
         try:
             llm.eval(prompt)
+            self._apply_control_vector(steering.answer(named))
+            logits = self._last_logits()
+            answer: list[int] = []
+            shown = ""
+            for _ in range(max_tokens):
+                token = next_token(logits, answer, sampling, rng)
+                if llama_cpp.llama_vocab_is_eog(vocab, token):
+                    break
+                answer.append(token)
+                text = llm.detokenize(answer).decode("utf-8", errors="ignore")
+                if len(text) > len(shown):
+                    yield text[len(shown):]
+                    shown = text
+                if self._release(steering, named, text):  # this token and the rest go without the released parts
+                    self._apply_control_vector(steering.answer(named))
+                llm.eval([token])
+                logits = self._last_logits()
         finally:
             self._apply_control_vector(None)
-        logits = self._last_logits()
-        answer: list[int] = []
-        shown = ""
-        for _ in range(max_tokens):
-            token = next_token(logits, answer, sampling, rng)
-            if llama_cpp.llama_vocab_is_eog(vocab, token):
-                break
-            answer.append(token)
-            text = llm.detokenize(answer).decode("utf-8", errors="ignore")
-            if len(text) > len(shown):
-                yield text[len(shown):]
-                shown = text
-            llm.eval([token])
-            logits = self._last_logits()
 
     def _last_logits(self) -> np.ndarray:
         """The logits after the last evaluated token."""
