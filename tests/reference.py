@@ -7,6 +7,21 @@ import contextlib
 import torch
 
 
+def edited(h, edit, strength=1.0):
+    """What an edit does to a neuron's activation ``h``, written from the profile format's definition
+    (clamp c: ``h = c``, scale s: ``h = s*h``, add a: ``h = h + a``, ablate: ``h = 0``; ``strength``
+    multiplies clamp and add values, moves a scale ``s`` to ``1 + strength*(s - 1)``, an ablation to
+    ``1 - strength``), not from the code under test."""
+    if edit.op == "clamp":
+        return torch.full_like(h, edit.value * strength)
+    if edit.op == "add":
+        return h + edit.value * strength
+    if edit.op == "scale":
+        return h * (1 + strength * (edit.value - 1))
+    assert edit.op == "ablate", edit.op
+    return h * (1 - strength)
+
+
 @contextlib.contextmanager
 def manual_edit(model, edits, strength=1.0, mask_fn=None):
     """Reference: replace each edited MLP's forward with a hand-written one that edits h."""
@@ -19,8 +34,7 @@ def manual_edit(model, edits, strength=1.0, mask_fn=None):
             h = mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x)
             h = h.clone()
             for e in mine:
-                mult, add = e.affine(strength)
-                new = h[..., e.neuron] * mult + add
+                new = edited(h[..., e.neuron], e, strength)
                 if mask_fn is not None:
                     new = torch.where(mask_fn(h.shape[1]), new, h[..., e.neuron])
                 h[..., e.neuron] = new
