@@ -256,25 +256,27 @@ def discover_command(
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="Calibration prompts, one per line (default: built in)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only print the profile path."),
     force: bool = typer.Option(False, "--force", help="Write the profile even when nothing inside the budget moved the concept."),
-    positions: str = typer.Option("prompt", "--positions",
-                                  help="prompt (steer the prompt; runs in steerkit) or all (every position: "
-                                       "`steerkit patch` can bake it into a GGUF)."),
+    positions: str = typer.Option("until", "--positions",
+                                  help="until (steer the answer until it names the concept), prompt (steer the "
+                                       "prompt) - both run in steerkit - or all (every position: `steerkit patch` "
+                                       "can bake it into a GGUF)."),
 ) -> None:
     """Find the neurons for CONCEPT, calibrate their values on the model, and write a profile.
 
     Exits 1 without writing when no setting inside the fluency budget moves the concept (--force writes anyway).
     """
     from steerkit.concept import normalise_concept
+    from steerkit.profile import DISCOVERY_POSITIONS
 
     normalise_concept(concept)  # before torch, the model or the atlas
+    if positions not in DISCOVERY_POSITIONS:
+        raise SteerkitError(f"--positions: expected {', '.join(DISCOVERY_POSITIONS)}, got {printable(positions)!r}")
     from steerkit.api import discover
     from steerkit.discovery import discovered_profile_path
     from steerkit.profile import save_profile
     from steerkit.prompts import read_prompts
     from steerkit.weights import open_weights
 
-    if positions not in ("prompt", "all"):
-        raise SteerkitError(f"--positions: expected prompt or all, got {printable(positions)!r}")
     prompt_list = read_prompts(prompts) if prompts else None
     found = discover(concept, model, suppress=suppress, prompts=prompt_list, progress=not quiet, positions=positions,
                      log=(lambda message: None) if quiet else (lambda message: typer.echo(printable(message))))
@@ -282,7 +284,7 @@ def discover_command(
         _echo_discovery(found)
     if not found.moved and not force:
         raise SteerkitError(found.failure())
-    target = output or discovered_profile_path(open_weights(model), concept, suppress)
+    target = output or discovered_profile_path(open_weights(model), concept, suppress, positions)
     save_profile(found.profile, target)
     typer.echo(f"wrote {printable(str(target))}")
 
@@ -421,6 +423,24 @@ def patch_command(
     if report.approximation:
         typer.echo(f"wrote {report.control_vector}")
         typer.echo(printable(report.approximation))
+
+
+@app.command("bake")
+def bake_command(
+    model: str = typer.Argument(..., help="The model: a steerkit name (smollm2-135m), a GGUF or a Hugging Face folder."),
+    profiles: list[str] = typer.Argument(..., help="One or more profiles (files or shipped names), applied in order."),
+    output: Path = typer.Option(..., "--output", "-o", help="The folder to write (must not exist)."),
+    strength: Optional[float] = typer.Option(None, "--strength", "-s"),
+) -> None:
+    """Write a Hugging Face folder with the edits in its weights, for transformers and serving engines."""
+    from steerkit.api import load_profile
+    from steerkit.runtimes.hf.checkpoint import write_baked_checkpoint
+    from steerkit.session import check_strength
+
+    strength = check_strength(strength)
+    loaded = [load_profile(p) for p in profiles]
+    folder = write_baked_checkpoint(model, loaded, output, strength)
+    typer.echo(f"wrote {printable(str(folder))}: {', '.join(printable(p.name) for p in loaded)} baked into the weights")
 
 
 @app.command("inspect")

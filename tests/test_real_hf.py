@@ -100,3 +100,25 @@ def test_steering_session_toggles_profiles():
     session.enabled = False
     assert session.generate(QUESTION, 20, GREEDY) == plain  # steering off: identical to the untouched model
     assert "dog" in steered_text.lower() and "dog" not in plain.lower()
+
+
+def test_baked_checkpoint_of_the_default_gguf_reloads_with_the_edits(smollm2, tmp_path, monkeypatch):
+    """`steerkit bake smollm2-135m dog-clamp -o DIR`: stock transformers loads DIR and computes what the hooks do."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from steerkit.cli import main
+
+    model, tokenizer = smollm2
+    profile = load_profile(shipped_profile("dog-clamp"))
+    ids = tokenizer("My dog likes to run in the park with other dogs.", return_tensors="pt").input_ids
+    with steered(model, compile_plan([profile], model_binding(model, tokenizer))):
+        hooked = logits(model, ids)
+    monkeypatch.setattr("sys.argv", ["steerkit", "bake", "smollm2-135m", "dog-clamp", "-o", str(tmp_path / "baked")])
+    try:
+        main()
+    except SystemExit as done:
+        assert done.code in (0, None)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "baked", dtype=torch.float32).eval()
+    assert AutoTokenizer.from_pretrained(tmp_path / "baked").get_vocab() == tokenizer.get_vocab()
+    torch.testing.assert_close(logits(reloaded, ids), hooked, atol=2e-4, rtol=1e-4)
+    assert not torch.allclose(logits(model, ids), hooked, atol=1e-2)  # the edit does something
