@@ -41,7 +41,7 @@ from steerkit.evaluate import evaluate
 from steerkit.prompts import builtin_prompts, read_prompts
 from steerkit.runtimes import load_backend
 from steerkit.shipped import shipped_dir, shipped_profile
-from steerkit.profile import load_profile
+from steerkit.profile import DISCOVERY_POSITIONS, load_profile
 from steerkit.evaluate import profile_concept
 from steerkit.weights import open_weights
 
@@ -58,6 +58,20 @@ CONCEPTS = {
     "weather": ["rain", "snow", "storm", "sunshine"],
     "events": ["wedding", "birthday", "war", "Christmas"],
     "abstract": ["freedom", "time", "music", "outer space"],
+}
+# Words and phrases that no experiment of the method's development used: measured once, with the method fixed.
+HELD_OUT = {
+    "animals": ["tiger", "rabbit", "whale"],
+    "objects": ["umbrella", "guitar", "bicycle"],
+    "places": ["London", "desert", "island"],
+    "foods": ["peanut butter", "banana", "bread"],
+    "colours": ["orange", "silver"],
+    "feelings": ["sadness", "hope"],
+    "professions": ["farmer", "nurse"],
+    "sports": ["basketball", "golf"],
+    "weather": ["thunder", "fog"],
+    "events": ["holiday", "election"],
+    "abstract": ["justice", "science"],
 }
 PROMPTS = 8  # the first 8 built-in neutral prompts: 40 concepts in about an hour on 2 cores
 SUPPRESS = ("no-blue", "no-music", "no-teacher")  # shipped suppressing profiles, measured against "never mention X"
@@ -193,21 +207,25 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=None, help="Results stem (default bench/results/concepts).")
     parser.add_argument("--reuse", type=Path, default=None,
                         help="An earlier run's jsonl: concepts whose discovery chose the same setting keep its rows.")
-    parser.add_argument("--positions", choices=("prompt", "all"), default="prompt",
-                        help="Discover prompt-position profiles (default) or all-position ones that weights carry.")
+    parser.add_argument("--positions", choices=DISCOVERY_POSITIONS, default="until",
+                        help="Discover profiles that steer the answer until it names the concept (default), "
+                             "prompt-position ones, or all-position ones that weights carry.")
+    parser.add_argument("--held-out", action="store_true",
+                        help="Run the held-out words (never used while the method was developed) instead.")
     args = parser.parse_args()
-    concepts = [(kind, w) for kind, words in CONCEPTS.items() for w in words]
+    concepts = [(kind, w) for kind, words in (HELD_OUT if args.held_out else CONCEPTS).items() for w in words]
     if args.concepts:
         concepts = [(dict((w, k) for k, w in concepts).get(w, "other"), w) for w in args.concepts]
     if args.output is None:
-        args.output = RESULTS / ("concepts" if args.positions == "prompt" else "concepts-all-positions")
+        stem = {"until": "concepts", "prompt": "concepts-prompt", "all": "concepts-all-positions"}[args.positions]
+        args.output = RESULTS / (stem + ("-held-out" if args.held_out else ""))
     jsonl = args.output.with_suffix(".jsonl")
     jsonl.parent.mkdir(parents=True, exist_ok=True)
     if args.fresh:
         jsonl.unlink(missing_ok=True)
     run(concepts, jsonl, args.positions, args.reuse)
     suppress_path = args.output.with_name(args.output.name + "-suppress.jsonl")
-    if not args.concepts and args.positions == "prompt":
+    if not args.concepts and not args.held_out and args.positions == "until":
         if args.fresh:
             suppress_path.unlink(missing_ok=True)
         run_suppress(suppress_path)

@@ -49,12 +49,13 @@ from steerkit.version import __version__
 from steerkit.atlas import Atlas
 from steerkit.candidates import Candidate, rank_candidates
 from steerkit.concept import Concept, concept_from_word, profile_name
-from steerkit.concept_vector import concept_directions, vector_layers
+from steerkit.concept_vector import concept_directions, neuron_adds, vector_layers
 from steerkit.errors import SteerkitError
 from steerkit.metrics import AnswerStats
+from steerkit.output_direction import output_direction, output_layers
 from steerkit.scoring import AnswerScores, Summary, answer_stats_of, score_answers, summarise
 from steerkit.plan import Plan, compile_plan
-from steerkit.profile import Edit, Profile
+from steerkit.profile import DISCOVERY_POSITIONS, Edit, Profile
 from steerkit.prompts import builtin_prompts, reference_text
 from steerkit.weights import WeightReader
 
@@ -78,15 +79,20 @@ class Budget:
 @dataclass(frozen=True)
 class Setting:
     """One sweep setting: the first ``n_neurons`` candidates at ``multiple`` times their unit, or, with
-    ``layer``, the concept vector after that layer at ``multiple`` times the residual stream's norm there."""
+    ``layer``, a direction added after that layer at ``multiple`` times the residual stream's norm there:
+    the concept vector (``source="sentences"``, :mod:`steerkit.concept_vector`) or the output direction
+    (``source="output"``, :mod:`steerkit.output_direction`)."""
 
     n_neurons: int
     multiple: float
     layer: int | None = None
+    source: str = "neurons"
 
     def label(self) -> str:
-        return (f"{self.n_neurons} x {self.multiple:g}" if self.layer is None else
-                f"vector after layer {self.layer} x {self.multiple:g}")
+        if self.layer is None:
+            return f"{self.n_neurons} x {self.multiple:g}"
+        kind = "output direction" if self.source == "output" else "vector"
+        return f"{kind} after layer {self.layer} x {self.multiple:g}"
 
 
 @dataclass(frozen=True)
@@ -127,7 +133,13 @@ class Discovery:
                 f"{self.baseline.mention_rate:.2f} unsteered); no profile written")
 
 
+POSITION_MODES = DISCOVERY_POSITIONS
+_WHERE = {"prompt": "on the prompt positions", "all": "at every position",
+          "until": "on the answer until it names {word!r}"}
 PROMOTE_MULTIPLES = (4.0, 8.0, 16.0, 32.0)
+# The output direction on the answer until it names the concept, as fractions of the residual norm after its layer.
+OUTPUT_FRACTIONS = (0.2, 0.25, 0.3, 0.35)
+UNTIL_TOKENS = 32  # calibration answer length in ``until`` mode: the word has to come up inside it
 # At every position an add acts on each answer token too: much smaller values before answers loop.
 PROMOTE_ALL_MULTIPLES = (0.5, 1.0, 2.0, 4.0)
 SUPPRESS_MULTIPLES = (2.0, 4.0, 8.0, 16.0)
@@ -142,17 +154,25 @@ _MIN_UNIT = 0.05  # floor for neurons that barely fire on the reference text
 _Reference = tuple[AnswerStats, list[AnswerScores]]  # the unsteered answers: budget figures and per-answer scores
 
 
+def _placement(concept: Concept, positions: str) -> dict:
+    """The profile fields that say where a promoting profile acts, for a discovery ``positions`` mode."""
+    if positions == "until":
+        return {"positions": "generated", "until": concept.word}
+    return {"positions": positions}
+
+
 def build_profile(concept: Concept, candidates: list[Candidate], units: np.ndarray, setting: Setting,
                   suppress: bool, binding, positions: str = "prompt",
-                  vectors: dict[int, np.ndarray] | None = None) -> Profile:
+                  vectors: dict[str, dict[int, np.ndarray]] | None = None) -> Profile:
     """The profile for one sweep setting (provenance is added by :func:`discover`).
 
-    ``positions`` is where a promoting profile adds (``prompt``, or ``all``: what weights can
-    carry); a suppressing one always clamps at every position.  ``vectors`` holds, per layer, the
-    neuron adds of the concept vector at the residual stream's norm (for settings with a ``layer``).
+    ``positions`` is where a promoting profile adds (``prompt``; ``all``: what weights can
+    carry; ``until``: the answer, until it names the concept); a suppressing one always clamps at
+    every position.  ``vectors[source][layer]`` holds the neuron adds of a direction at the residual
+    stream's norm after that layer (for settings with a ``layer``).
     """
     if setting.layer is not None:
-        return _vector_profile(concept, vectors[setting.layer], setting, binding, positions)
+        return _vector_profile(concept, vectors[setting.source][setting.layer], setting, binding, positions)
     edits = []
     for candidate in candidates[: setting.n_neurons]:
         unit = max(float(units[candidate.layer, candidate.neuron]), _MIN_UNIT)
@@ -160,7 +180,7 @@ def build_profile(concept: Concept, candidates: list[Candidate], units: np.ndarr
         edits.append(Edit(candidate.layer, candidate.neuron, "clamp" if suppress else "add", value,
                           candidate.tokens, round(candidate.score, 4)))
     verb = "Avoid" if suppress else "Talk about"
-    where = "on the prompt positions" if positions == "prompt" else "at every position"
+    where = _WHERE[positions].format(word=concept.word)
     how = (f"clamps {len(edits)} neuron(s) that write {concept.word!r} against it at every position"
            if suppress else
            f"adds to {len(edits)} neuron(s) that write {concept.word!r} {where}")
@@ -170,37 +190,49 @@ def build_profile(concept: Concept, candidates: list[Candidate], units: np.ndarr
         edits=edits,
         description=f"{verb} {concept.word}: {how} ({setting.multiple:g}x their peak on the reference text). "
                     f"Made by steerkit discover.",
-        positions="all" if suppress else positions,
+        **({"positions": "all"} if suppress else _placement(concept, positions)),
     )
+
+
+_DIRECTIONS = {
+    "sentences": "the model's own direction for {word!r} (read from sentences that name it)",
+    "output": "the direction that raises {word!r} over the average token at the output",
+}
 
 
 def _vector_profile(concept: Concept, adds: np.ndarray, setting: Setting, binding, positions: str) -> Profile:
     edits = [Edit(setting.layer, j, "add", round(float(a) * setting.multiple, 4)) for j, a in enumerate(adds)]
-    where = "on the prompt positions" if positions == "prompt" else "at every position"
+    where = _WHERE[positions].format(word=concept.word)
+    what = _DIRECTIONS[setting.source].format(word=concept.word)
     return Profile(
         name=profile_name(concept.word),
         model=binding,
         edits=[e for e in edits if e.value != 0.0],
-        description=f"Talk about {concept.word}: adds the model's own direction for {concept.word!r} (read from "
-                    f"sentences that name it) after layer {setting.layer} {where}, at {setting.multiple:g}x the "
-                    f"residual stream's norm there, as adds on the layer's neurons. Made by steerkit discover.",
-        positions=positions,
+        description=f"Talk about {concept.word}: adds {what} after layer {setting.layer} {where}, at "
+                    f"{setting.multiple:g}x the residual stream's norm there, as adds on the layer's neurons. "
+                    f"Made by steerkit discover.",
+        **_placement(concept, positions),
     )
 
 
 def discover(word: str, reader: WeightReader, atlas: Atlas, backend, suppress: bool = False,
-             prompts: list[str] | None = None, budget: Budget = Budget(), max_new_tokens: int = 20, positions: str = "prompt",
-             log: Callable[[str], None] = lambda message: None) -> Discovery:
+             prompts: list[str] | None = None, budget: Budget = Budget(), max_new_tokens: int | None = None,
+             positions: str = "until", log: Callable[[str], None] = lambda message: None) -> Discovery:
     """Find, calibrate and choose a profile for ``word`` (see the module doc for the method).
 
     ``backend`` is a :class:`steerkit.runtimes.base.Backend` that measures
     activations (the transformers one; it also batches the sweep).  ``prompts``
     default to the built-in calibration set (promote) or elicit set (suppress).
-    ``positions="all"`` makes a promoting profile that acts at every position,
-    so ``steerkit patch`` can bake it into a GGUF (its sweep uses smaller multiples).
+    ``positions`` says where a promoting profile acts: ``until`` (the default)
+    on the answer until it names the concept; ``prompt`` on the prompt only;
+    ``all`` at every position, so ``steerkit patch`` can bake it into a GGUF.
+    ``max_new_tokens`` per calibration answer defaults to 32 for ``until`` (the
+    word has to come up inside it) and 20 otherwise.
     """
-    if positions not in ("prompt", "all"):
-        raise SteerkitError(f"positions: {positions!r} is not one of prompt, all")
+    if positions not in POSITION_MODES:
+        raise SteerkitError(f"positions: {positions!r} is not one of {', '.join(POSITION_MODES)}")
+    until = positions == "until" and not suppress
+    max_new_tokens = max_new_tokens or (UNTIL_TOKENS if until else 20)
     started = time.perf_counter()
     concept = concept_from_word(word, atlas.vocab)
     notes: list[str] = []
@@ -220,7 +252,7 @@ def discover(word: str, reader: WeightReader, atlas: Atlas, backend, suppress: b
     units = backend.activation_scale(reference_text())
     prompts = prompts or builtin_prompts("elicit" if suppress else "calibration")
 
-    vectors: dict[int, np.ndarray] = {}
+    vectors: dict[str, dict[int, np.ndarray]] = {}
 
     def measure(settings: list[Setting], reference: _Reference | None = None) -> tuple[_Reference, list[SweepPoint]]:
         """Sweep points of ``settings``, judged against the unsteered answers (generated with them in the same
@@ -243,9 +275,16 @@ def discover(word: str, reader: WeightReader, atlas: Atlas, backend, suppress: b
     def better(a: AnswerStats, b: AnswerStats) -> bool:
         return a.mention_rate < b.mention_rate if suppress else a.mention_rate > b.mention_rate
 
-    settings = [Setting(n, m) for n in NEURON_COUNTS if n <= len(candidates)
-                for m in (SUPPRESS_MULTIPLES if suppress else
-                          PROMOTE_ALL_MULTIPLES if positions == "all" else PROMOTE_MULTIPLES)]
+    if until:
+        layers = output_layers(reader.info.n_layers)
+        norms = backend.residual_norms(reference_text())
+        direction = output_direction(reader, concept)
+        vectors["output"] = {layer: neuron_adds(reader, layer, direction) * norms[layer] for layer in layers}
+        settings = [Setting(reader.info.d_ff, f, layer, "output") for layer in layers for f in OUTPUT_FRACTIONS]
+    else:
+        settings = [Setting(n, m) for n in NEURON_COUNTS if n <= len(candidates)
+                    for m in (SUPPRESS_MULTIPLES if suppress else
+                              PROMOTE_ALL_MULTIPLES if positions == "all" else PROMOTE_MULTIPLES)]
     log(f"sweep: {len(settings)} settings x {len(prompts)} prompts, {max_new_tokens} tokens each")
     reference, sweep = measure(settings)
     baseline = reference[0]
@@ -256,10 +295,10 @@ def discover(word: str, reader: WeightReader, atlas: Atlas, backend, suppress: b
         note(f"no neuron setting inside the budget moved the mention rate by {VECTOR_FALLBACK:g} (best "
              f"{gain:+.2f}): trying the concept's own direction after layers {', '.join(map(str, layers))}")
         norms = backend.residual_norms(reference_text())
-        vectors.update({layer: adds * norms[layer] for layer, adds in
-                        concept_directions(concept.word, backend, reader, layers, prompts).items()})
-        sweep += measure([Setting(reader.info.d_ff, f, layer) for layer in layers for f in VECTOR_FRACTIONS],
-                         reference)[1]
+        vectors["sentences"] = {layer: adds * norms[layer] for layer, adds in
+                                concept_directions(concept.word, backend, reader, layers, prompts).items()}
+        sweep += measure([Setting(reader.info.d_ff, f, layer, "sentences") for layer in layers
+                          for f in VECTOR_FRACTIONS], reference)[1]
 
     def goodness(point: SweepPoint) -> tuple:
         rate = -point.stats.mention_rate if suppress else point.stats.mention_rate
@@ -283,13 +322,14 @@ def _provenance(concept, candidates, baseline, sweep, chosen, budget, prompts, s
     def row(point: SweepPoint) -> dict:
         scores = {} if point.summary is None else {
             "relevance": round(point.summary.relevance, 4), "score": round(point.summary.score, 4)}
-        where = {} if point.setting.layer is None else {"vector_after_layer": point.setting.layer}
+        where = {} if point.setting.layer is None else {"direction": point.setting.source,
+                                                        "after_layer": point.setting.layer}
         return {"neurons": point.setting.n_neurons, "multiple": point.setting.multiple, **where, **point.stats.as_dict(),
                 **scores, "in_budget": point.in_budget}
 
     return {
         "method": (f"steerkit discover {'--suppress ' if suppress else ''}"
-                   f"{'--positions all ' if positions == 'all' and not suppress else ''}{concept.word}"),
+                   f"{f'--positions {positions} ' if positions != 'until' and not suppress else ''}{concept.word}"),
         "goal": "suppress" if suppress else "promote",
         "steerkit_version": __version__,
         "model": reader.info.label,
@@ -314,14 +354,16 @@ def _provenance(concept, candidates, baseline, sweep, chosen, budget, prompts, s
     }
 
 
-def discovered_profile_path(reader: WeightReader, word: str, suppress: bool = False):
-    """Where ``discover`` caches the profile for ``word`` on this model (and ``steer`` looks for it).
+def discovered_profile_path(reader: WeightReader, word: str, suppress: bool = False, positions: str = "until"):
+    """Where ``discover`` caches the profile for ``word`` on this model (and ``steer`` looks for the ``until`` one).
 
-    The name holds the steerkit version: a profile discovered by another version's method is not reused.
+    The name holds the steerkit version and the positions mode: a profile discovered by another
+    version's method, or for other positions, is not reused.
     """
     from steerkit.cache import cache_dir
 
-    method = hashlib.sha256(f"discovery|{__version__}".encode()).hexdigest()[:8]
+    mode = "suppress" if suppress else positions
+    method = hashlib.sha256(f"discovery|{__version__}|{mode}".encode()).hexdigest()[:8]
     return cache_dir("profiles") / f"{reader.fingerprint()[:16]}-{profile_name(word, suppress)}-{method}.yaml"
 
 

@@ -13,7 +13,7 @@ from steerkit.atlas import build_atlas
 from steerkit.candidates import rank_candidates
 from steerkit.concept import concept_from_word
 from steerkit.discovery import Budget, discover
-from steerkit.errors import SteerkitError
+from steerkit.errors import SteerkitError, UnsupportedEdit
 from steerkit.metrics import AnswerStats
 from steerkit.plan import compile_plan
 from steerkit.profile import Edit, Profile, dump_profile, parse_profile
@@ -140,7 +140,7 @@ class _ScriptedEvaluator:
 def test_discover_chooses_the_strongest_setting_inside_the_budget(planted):
     _, reader, atlas = planted
     evaluator = _ScriptedEvaluator(reader.binding(), fluent_up_to=64)
-    found = discover("dog", reader, atlas, evaluator, prompts=["p1", "p2", "p3"])
+    found = discover("dog", reader, atlas, evaluator, prompts=["p1", "p2", "p3"], positions="prompt")
     profile = found.profile
     assert found.chosen.in_budget and found.chosen.stats.mention_rate == 1.0
     assert sum(abs(e.value) for e in profile.edits) <= 64
@@ -160,7 +160,7 @@ def test_discover_prefers_answers_that_still_answer_the_question(planted):
     """Past ``relevant_up_to`` answers name the concept more but stop answering: the combined score says no."""
     _, reader, atlas = planted
     evaluator = _ScriptedEvaluator(reader.binding(), fluent_up_to=1e9, relevant_up_to=32)
-    found = discover("dog", reader, atlas, evaluator, prompts=["p1", "p2", "p3"])
+    found = discover("dog", reader, atlas, evaluator, prompts=["p1", "p2", "p3"], positions="prompt")
     size = sum(abs(e.value) for e in found.profile.edits)
     assert size <= 32 and found.chosen.stats.mention_rate == pytest.approx(2 / 3) and found.moved
     louder = [p for p in found.sweep if p.in_budget and p.stats.mention_rate > found.chosen.stats.mention_rate]
@@ -262,7 +262,8 @@ def test_discover_falls_back_on_the_concept_vector_when_no_neuron_moves_it(plant
     from steerkit.discovery import VECTOR_FRACTIONS
 
     _, reader, atlas = planted
-    found = discover("dog", reader, atlas, _NoNeuronEvaluator(reader.binding(), 1e9), prompts=["p1", "p2"])
+    found = discover("dog", reader, atlas, _NoNeuronEvaluator(reader.binding(), 1e9), prompts=["p1", "p2"],
+                     positions="prompt")
     vectors = [p for p in found.sweep if p.setting.layer is not None]
     assert {p.setting.multiple for p in vectors} == set(VECTOR_FRACTIONS) and {p.setting.layer for p in vectors} == {1}
     assert all(p.stats.mention_rate == 0 for p in found.sweep if p.setting.layer is None)
@@ -274,12 +275,14 @@ def test_discover_falls_back_on_the_concept_vector_when_no_neuron_moves_it(plant
     expected = found.chosen.setting.multiple * 20.0 * _NoNeuronEvaluator.DIRECTION / np.linalg.norm(
         _NoNeuronEvaluator.DIRECTION)
     np.testing.assert_allclose(added, expected, atol=1e-3 * np.abs(expected).max())
-    assert parse_profile(dump_profile(profile)).provenance["calibration"]["chosen"]["vector_after_layer"] == 1
+    chosen = parse_profile(dump_profile(profile)).provenance["calibration"]["chosen"]
+    assert (chosen["direction"], chosen["after_layer"]) == ("sentences", 1)
 
 
 def test_no_fallback_when_a_neuron_setting_moves_the_concept(planted):
     _, reader, atlas = planted
-    found = discover("dog", reader, atlas, _ScriptedEvaluator(reader.binding(), fluent_up_to=64), prompts=["p1", "p2"])
+    found = discover("dog", reader, atlas, _ScriptedEvaluator(reader.binding(), fluent_up_to=64), prompts=["p1", "p2"],
+                     positions="prompt")
     assert found.chosen.stats.mention_rate - found.baseline.mention_rate >= 0.5
     assert all(p.setting.layer is None for p in found.sweep)  # _ScriptedEvaluator cannot read the residual stream
 
@@ -300,7 +303,69 @@ class _RepetitiveEvaluator(_ScriptedEvaluator):
 
 def test_a_setting_over_the_budget_is_never_chosen_however_well_it_scores(planted):
     _, reader, atlas = planted
-    found = discover("dog", reader, atlas, _RepetitiveEvaluator(reader.binding(), 1e9), prompts=["p1", "p2", "p3"])
+    found = discover("dog", reader, atlas, _RepetitiveEvaluator(reader.binding(), 1e9), prompts=["p1", "p2", "p3"],
+                     positions="prompt")
     over = [p for p in found.sweep if not p.in_budget]
     assert over and max(p.summary.score for p in over) > found.chosen.summary.score  # the trap is there
     assert found.chosen.in_budget and found.chosen.stats.mention_rate == pytest.approx(1 / 3)
+
+
+class _AnswerEvaluator(_ScriptedEvaluator):
+    """Answers name the concept when a plan steers the answer until it does, at a fraction of the residual
+    norm of at least 0.25 (the scripted window: stronger pushes cost fluency)."""
+
+    measures_activations = True
+
+    def generate(self, prompts, plans, max_new_tokens):
+        self.plans = plans
+        rows = []
+        for plan in plans:
+            groups = [] if plan is None else [g for g in plan.groups if g.layers]
+            size = sum(float(np.linalg.norm(e.add)) for g in groups for e in g.layers)
+            named = any(g.until == "dog" and g.positions == "generated" for g in groups) and size >= 0.24 * self.unit
+            rows.append([("dog " if named else "cat ") + f"{p} " + ("y" if size > 0.28 * self.unit else "x")
+                         for p in prompts])
+        return rows
+
+    def residual_norms(self, text):
+        return [10.0, 20.0, 30.0]
+
+
+def test_discover_until_adds_the_output_direction_on_the_answer(planted):
+    """The default mode: the concept's output direction added after a late layer on the answer's positions
+    until it names the word, at the chosen fraction of the residual norm there, written as neuron adds."""
+    from steerkit.concept_vector import neuron_adds
+    from steerkit.discovery import OUTPUT_FRACTIONS
+    from steerkit.output_direction import output_direction, output_layers
+
+    _, reader, atlas = planted
+    evaluator = _AnswerEvaluator(reader.binding(), 1e9)
+    layer = output_layers(reader.info.n_layers)[-1]
+    evaluator.unit = float(np.linalg.norm(neuron_adds(reader, layer, output_direction(
+        reader, concept_from_word("dog", atlas.vocab))))) * 30.0
+    found = discover("dog", reader, atlas, evaluator, prompts=["p1", "p2"])
+    assert {p.setting.multiple for p in found.sweep} == set(OUTPUT_FRACTIONS)
+    assert all(p.setting.source == "output" for p in found.sweep)
+    assert found.moved and found.chosen.setting.multiple == 0.25  # named, and still fluent
+    profile = found.profile
+    assert (profile.positions, profile.until) == ("generated", "dog")
+    added = reader.down_cols(layer).T.astype(np.float64) @ np.array([e.value for e in profile.edits])
+    expected = 0.25 * 30.0 * output_direction(reader, found.concept)
+    np.testing.assert_allclose(added, expected, atol=1e-3 * np.abs(expected).max())
+    with pytest.raises(UnsupportedEdit):
+        compile_plan([profile]).merged()  # weights cannot carry it
+
+
+def test_output_direction_raises_the_concept_over_the_average_token(planted):
+    from steerkit.output_direction import output_direction
+
+    _, reader, atlas = planted
+    concept = concept_from_word("dog", atlas.vocab)
+    direction = output_direction(reader, concept)
+    unembedding = reader.unembedding().astype(np.float64)
+    logits = unembedding @ (reader.norm_gain() * direction)
+    word_start = [i for i, t in zip(concept.token_ids, concept.tokens) if t.startswith("Ġ")]
+    assert np.isclose(np.linalg.norm(direction), 1.0) and set(word_start) == {1, 3}
+    assert all(logits[i] > logits.mean() + 2 * logits.std() for i in word_start)
+    # Centring: the mean row of the LM head gets no push of its own.
+    assert abs(unembedding.mean(0) @ (reader.norm_gain() * direction)) < 0.05 * logits[word_start].min()
