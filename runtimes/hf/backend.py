@@ -38,17 +38,12 @@ class HFBackend(Backend):
     @classmethod
     def accepts(cls, source: ModelSource, device: str) -> str | None:
         # GGUFs are converted once (cached); folders load as they are.  The device is checked before anything loads.
-        import torch
+        from steerkit.precision import check_device
 
-        kind, _, index = device.partition(":")
-        if kind not in ("cpu", "cuda", "mps") or (index and (kind != "cuda" or not index.isdigit())):
-            return f"unknown device {device!r} (expected cpu, cuda, cuda:N or mps)"
-        if kind == "cuda" and not torch.cuda.is_available():
-            return "no CUDA device is available to this torch build"
-        if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
-            return f"there is no {device} (this machine has {torch.cuda.device_count()} CUDA devices)"
-        if kind == "mps" and not torch.backends.mps.is_available():
-            return "MPS is not available on this machine"
+        try:
+            check_device(device)
+        except SteerkitError as exc:
+            return str(exc)
         return None
 
     @classmethod

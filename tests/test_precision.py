@@ -1,0 +1,75 @@
+"""The atlas's arithmetic per device: chosen from what the CPU reports and measures, and exact enough in bf16."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from steerkit.atlas import atlas_for, build_atlas, decode_side
+from steerkit.precision import Precision, choose_precision, cpu_has_native_bf16
+from steerkit.weights import open_weights
+from tiny_models import save_gguf, tiny_model
+
+BF16 = Precision("cpu", torch.bfloat16, "forced by the test")
+
+
+def test_native_bf16_is_read_from_the_cpu_flags():
+    assert cpu_has_native_bf16("processor: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile\n")
+    assert cpu_has_native_bf16("Features: fp asimd amx_bf16")
+    assert not cpu_has_native_bf16("flags\t\t: fpu sse avx2 fma avx512f avx512_vnni\n")
+    assert not cpu_has_native_bf16("")
+
+
+def test_this_machine_chooses_and_the_atlas_records_it(tmp_path):
+    chosen = choose_precision("cpu")
+    assert chosen.dtype in (torch.float32, torch.bfloat16) and chosen.reason
+    if not cpu_has_native_bf16():
+        assert chosen.dtype == torch.float32  # never bf16 without native support: it is several times slower
+    reader = open_weights(str(save_gguf(tiny_model("llama"), tmp_path / "t.gguf")))
+    atlas = atlas_for(reader, top_k=3, progress=False)
+    assert (atlas.meta["dtype"], atlas.meta["device"]) == (chosen.label, "cpu")
+
+
+def test_bf16_candidates_rescored_in_fp32_give_the_fp32_atlas(tmp_path):
+    reader = open_weights(str(save_gguf(tiny_model("qwen3"), tmp_path / "t.gguf")))
+    exact = build_atlas(reader, top_k=5, progress=False, precision=Precision("cpu", torch.float32, "test"))
+    fast = build_atlas(reader, top_k=5, progress=False, precision=BF16)
+    assert fast.meta["dtype"] == "bfloat16"
+    assert np.array_equal(exact.token_ids, fast.token_ids)
+    np.testing.assert_allclose(fast.probs, exact.probs, atol=2e-3)
+    np.testing.assert_allclose(fast.lse, exact.lse, atol=2e-3)
+
+
+def test_rescoring_corrects_the_log_sum_exp():
+    """Wide logits (a few dominant tokens): the corrected log-sum-exp is exact where bf16 alone is not."""
+    generator = torch.Generator().manual_seed(0)
+    vectors = torch.randn(64, 48, generator=generator) * 3
+    unembedding_t = torch.randn(48, 5000, generator=generator)
+    gain = torch.ones(48)
+    ids, probs, lse = decode_side(vectors, gain, unembedding_t, 1e-6, 8)
+    ids_b, probs_b, lse_b = decode_side(vectors, gain, unembedding_t, 1e-6, 8, unembedding_t.to(torch.bfloat16))
+    assert torch.equal(ids, ids_b)
+    torch.testing.assert_close(probs_b, probs, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(lse_b, lse, atol=3e-3, rtol=0)  # the rest of the vocabulary in bf16
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_bf16_agrees_with_fp32_on_the_default_model():
+    """The issue's bar, on the last layer of SmolLM2 (both sides, 3,072 neurons, 6,144 views): top-10 sets agree
+    for >= 99.9 % of views, the top token for >= 99.99 %; the full measurement is bench/bench_precision.py."""
+    reader = open_weights(None)
+    info = reader.info
+    gain = torch.from_numpy(reader.norm_gain())
+    unembedding_t = torch.from_numpy(reader.unembedding()).T.contiguous()
+    fast = unembedding_t.to(torch.bfloat16)
+    sets = tops = views = 0
+    for vectors in (reader.up_rows(29), reader.down_cols(29)):
+        ids, _, lse = decode_side(torch.from_numpy(vectors), gain, unembedding_t, info.rms_eps, 10)
+        ids_b, _, lse_b = decode_side(torch.from_numpy(vectors), gain, unembedding_t, info.rms_eps, 10, fast)
+        sets += int((ids.sort(-1).values == ids_b.sort(-1).values).all(-1).sum())
+        tops += int((ids[..., 0] == ids_b[..., 0]).sum())
+        views += ids.shape[0] * 2
+        assert float((lse - lse_b).abs().max()) < 0.01
+    assert sets / views >= 0.999 and tops / views >= 0.9999, (sets / views, tops / views)
