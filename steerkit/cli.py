@@ -47,20 +47,24 @@ def map_command(
     side: str = typer.Option("both", help="Which views to summarise: read, write or both (the atlas always holds both)."),
     html: Optional[Path] = typer.Option(None, "--html", help="Also write a self-contained HTML page to browse the atlas."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Copy the atlas (.npz) to this path."),
+    device: str = typer.Option("cpu", "--device", help="Where the GEMMs run: cpu, cuda, cuda:N or mps."),
 ) -> None:
     """Decode every MLP neuron through the final norm and LM head (cached per model)."""
     from steerkit.atlas import atlas_for
     from steerkit.atlas_html import word_like_counts, write_atlas_html
+    from steerkit.precision import check_device
     from steerkit.weights import open_weights
 
     if side not in ("read", "write", "both"):
         raise SteerkitError(f"--side {side!r}: expected read, write or both")
+    check_device(device)
     reader = open_weights(model)
-    atlas = atlas_for(reader, top_k)
+    atlas = atlas_for(reader, top_k, device=device)
     if output:
         atlas.save(output)
     info = reader.info
-    typer.echo(f"atlas of {info.label}: {info.n_layers} layers x {info.d_ff} neurons, top-{atlas.meta['top_k']} per view")
+    typer.echo(f"atlas of {info.label}: {info.n_layers} layers x {info.d_ff} neurons, top-{atlas.meta['top_k']} per view"
+               f" ({atlas.meta.get('dtype', 'float32')} on {atlas.meta.get('device', 'cpu')})")
     counts = word_like_counts(atlas)
     for name in ("read", "write") if side == "both" else (side,):
         total = sum(counts[name])
@@ -95,22 +99,30 @@ def find_command(
     model: Optional[str] = ModelOption,
     limit: int = typer.Option(10, "--limit", "-n", help="How many neurons to list."),
 ) -> None:
-    """List the neurons that give WORD the highest probability (both sides, both signs)."""
-    from steerkit.atlas import atlas_for
-    from steerkit.decode import VIEWS
-    from steerkit.find import find_word
+    """List the neurons that give WORD the highest probability (both sides, both signs).
+
+    With the model's atlas cached the answer comes from it; without, only what the question needs is
+    computed (an estimate over a vocabulary sample, then the best candidates decoded exactly).
+    """
+    from steerkit.atlas import cached_atlas
+    from steerkit.find import DECODE, SAMPLE, find_word, quick_find
     from steerkit.vocab import token_display, word_variants
     from steerkit.weights import open_weights
 
     reader = open_weights(model)
-    word_variants(word, reader.tokens())  # refuse a bad word before building an atlas
-    atlas = atlas_for(reader)
-    variants, hits = find_word(reader, atlas, word, limit)
-    display_token = token_display(atlas.vocab)
+    vocab = reader.tokens()
+    word_variants(word, vocab)  # refuse a bad word before any heavy work
+    atlas = cached_atlas(reader)
+    if atlas is None:
+        typer.echo(f"no atlas of {reader.info.label} cached: estimating from {SAMPLE} sampled tokens, then decoding "
+                   f"the best {DECODE} neurons exactly (`steerkit map` builds the whole atlas)", err=True)
+        variants, hits = quick_find(reader, word, limit)
+    else:
+        variants, hits = find_word(reader, atlas, word, limit)
+    display_token = token_display(vocab)
     typer.echo(f"{word!r} as tokens: {', '.join(repr(display_token(t)) for _, t in variants)}")
     for hit in hits:
-        view = [v.label for v in VIEWS].index(hit.view)
-        top = ", ".join(repr(display_token(atlas.vocab[i])) for i in atlas.token_ids[hit.layer, hit.neuron, view, :5])
+        top = ", ".join(repr(display_token(vocab[i])) for i in hit.top[:5])
         typer.echo(f"  {hit.layer}:{hit.neuron:<5d} {hit.view:7s} p={hit.prob:.3f}  {top}")
 
 
@@ -170,7 +182,7 @@ def validate_command(
 
         compile_plan([loaded], open_weights(model).binding())
     typer.echo(f"{printable(str(profile))}: ok ({printable(loaded.name)}: {len(loaded.edits)} edits, "
-               f"positions {loaded.positions}, strength {loaded.strength:g})")
+               f"{printable(loaded.placement)}, strength {loaded.strength:g})")
 
 
 @app.command("generate")
@@ -441,6 +453,9 @@ def bake_command(
     loaded = [load_profile(p) for p in profiles]
     folder = write_baked_checkpoint(model, loaded, output, strength)
     typer.echo(f"wrote {printable(str(folder))}: {', '.join(printable(p.name) for p in loaded)} baked into the weights")
+    if any(e.op in ("clamp", "add") for p in loaded for e in p.edits):
+        typer.echo("clamp/add edits are an MLP bias (mlp_bias: true): transformers and vLLM load it; SGLang and TGI "
+                   "build their llama MLP without one (docs/runtimes.md)")
 
 
 @app.command("inspect")

@@ -90,6 +90,17 @@ def test_map_neuron_find_compare(gguf, tmp_path):
     assert result.returncode == 0 and "read+   100.0%" in result.stdout
 
 
+def test_find_before_the_atlas_lists_what_it_lists_after(gguf):
+    """No atlas cached: `find` estimates, decodes its best candidates exactly, and says so; then `map`."""
+    before = run_cli("find", "dog", "--model", gguf, "-n", "5")
+    assert before.returncode == 0 and "no atlas" in before.stderr and "exactly" in before.stderr
+    assert run_cli("map", "--model", gguf).returncode == 0
+    after = run_cli("find", "dog", "--model", gguf, "-n", "5")
+    assert after.returncode == 0 and "no atlas" not in after.stderr
+    neurons = lambda out: [line.split()[0] for line in out.splitlines() if line.strip()[:1].isdigit()]  # noqa: E731
+    assert neurons(before.stdout) == neurons(after.stdout) and len(neurons(after.stdout)) == 5
+
+
 def test_neuron_shows_a_planted_neuron_writing_its_word(tmp_path):
     model = tiny_model("llama")
     with torch.no_grad():
