@@ -1,0 +1,149 @@
+"""The atlas and a first `find` on Llama-3-8B-shaped layers: measured on a few, projected to the whole model.
+
+    python bench/bench_8b.py [--layers 2] [--rows 1024] [--device cpu|cuda] [--type Q4_0]
+
+Writes a GGUF with ``--layers`` random llama layers of the 8B shapes
+(d_model 4096, d_ff 14,336, vocabulary 128,256; FFN matrices quantized as
+``--type``, the LM head F16), then measures on the machine at hand:
+
+* dequantizing one ``ffn_up`` and one ``ffn_down`` matrix (what the atlas reads per layer);
+* :func:`steerkit.atlas.decode_side` on ``--rows`` neurons of each (the whole
+  vocabulary, top-k and both log-sum-exps) against the bare GEMM of the same
+  shape and dtype, in the precision :mod:`steerkit.precision` picks;
+* `find`'s estimate pass (:func:`steerkit.find.quick_find`) on whole matrices.
+
+and projects the full 32-layer atlas (time per row x 14,336 rows x 2 sides x
+32 layers, plus dequantization) and a first `find dog` without an atlas.  A
+row count below 14,336 is exact for the projection because the GEMM's time
+is linear in its rows; the figure says how many were measured.  Results go
+to ``bench/results/atlas-8b-<device>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from steerkit.atlas import CHUNK_VOCAB, decode_side
+from steerkit.cache import atomic_write
+from steerkit.decode import rms_normalize
+from steerkit.precision import check_device, choose_precision
+
+RESULTS = Path(__file__).resolve().parent / "results"
+D_MODEL, D_FF, VOCAB, N_LAYERS = 4096, 14336, 128256, 32
+
+
+def write_model(path: Path, layers: int, ffn_type: str) -> Path:
+    """A llama GGUF of 8B shapes with ``layers`` random layers (FFN and norms only: all the atlas reads)."""
+    from gguf import GGMLQuantizationType, GGUFWriter
+    from gguf.quants import quantize
+
+    quant = GGMLQuantizationType[ffn_type]
+    rng = np.random.default_rng(0)
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_block_count(layers)
+    writer.add_embedding_length(D_MODEL)
+    writer.add_feed_forward_length(D_FF)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list([f"t{i}" for i in range(VOCAB)])
+    writer.add_tensor("token_embd.weight", (rng.standard_normal((VOCAB, D_MODEL), dtype=np.float32) * 0.02)
+                      .astype(np.float16))
+    writer.add_tensor("output_norm.weight", np.ones(D_MODEL, dtype=np.float32))
+    for layer in range(layers):
+        for name, shape in (("ffn_up", (D_FF, D_MODEL)), ("ffn_gate", (D_FF, D_MODEL)), ("ffn_down", (D_MODEL, D_FF))):
+            weight = rng.standard_normal(shape, dtype=np.float32) * 0.02
+            writer.add_tensor(f"blk.{layer}.{name}.weight", quantize(weight, quant), raw_dtype=quant)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def _timed(fn, device: str):
+    started = time.perf_counter()
+    result = fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return result, time.perf_counter() - started
+
+
+def measure(path: Path, layers: int, rows: int, device: str) -> dict:
+    from steerkit.find import DECODE, SAMPLE
+    from steerkit.weights import open_weights
+
+    reader = open_weights(str(path))
+    precision = choose_precision(device)
+    gain = torch.from_numpy(reader.norm_gain()).to(device)
+    unembedding_t = torch.from_numpy(reader.unembedding()).T.contiguous().to(device)
+    fast = unembedding_t.to(precision.dtype) if precision.dtype != torch.float32 else None
+    matrix = fast if fast is not None else unembedding_t
+    dequant = decode = bare = estimate = 0.0
+    columns = torch.from_numpy(reader.unembedding()[:SAMPLE + 4]).T.contiguous().to(device)  # a sample + a word
+    for layer in range(layers):
+        for side in ("read", "write"):
+            vectors, seconds = _timed(lambda: reader.up_rows(layer) if side == "read" else reader.down_cols(layer), "cpu")
+            dequant += seconds
+            whole = torch.from_numpy(vectors).to(device)
+            part = whole[:rows]
+            decode_side(part[:8], gain, unembedding_t, 1e-5, 10, fast)  # warm-up
+            decode += _timed(lambda: decode_side(part, gain, unembedding_t, 1e-5, 10, fast), device)[1]
+            normed = rms_normalize(part, gain, 1e-5).to(matrix.dtype)
+            bare += _timed(lambda: [normed @ matrix[:, s:s + CHUNK_VOCAB] for s in range(0, VOCAB, CHUNK_VOCAB)],
+                           device)[1]
+            estimate += _timed(lambda: rms_normalize(whole, gain, 1e-5) @ columns, device)[1]
+    matrices = 2 * layers
+    per_row = decode / (matrices * rows)
+    atlas = N_LAYERS * 2 * (D_FF * per_row + dequant / matrices)
+    first_find = N_LAYERS * 2 * (dequant / matrices + estimate / matrices) + 2 * DECODE * per_row
+    return {
+        "device": device, "machine": platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(), "dtype": precision.label, "precision_reason": precision.reason,
+        "shapes": {"layers": N_LAYERS, "d_model": D_MODEL, "d_ff": D_FF, "vocab": VOCAB},
+        "measured": {"layers": layers, "rows_per_matrix": rows, "ffn_type": path.stem.split("-")[-1]},
+        "dequantize_seconds_per_matrix": dequant / matrices,
+        "decode_seconds_per_row": per_row,
+        "bare_gemm_seconds_per_row": bare / (matrices * rows),
+        "atlas_to_bare_gemm": decode / bare,
+        "estimate_seconds_per_matrix": estimate / matrices,
+        "projected_atlas_seconds": atlas,
+        "projected_first_find_seconds": first_find,
+        "chunk_logits_bytes": D_FF * CHUNK_VOCAB * 4,
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--rows", type=int, default=1024, help="Neurons per matrix decoded (of 14,336).")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--type", default="Q4_0", help="gguf-py quantization type of the FFN matrices.")
+    args = parser.parse_args()
+    check_device(args.device)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"llama-8b-shapes-{args.type}.gguf"
+        print(f"writing {args.layers} random 8B-shaped layers ({args.type}) ...", flush=True)
+        write_model(path, args.layers, args.type)
+        result = measure(path, args.layers, min(args.rows, D_FF), args.device)
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"atlas-8b-{args.device.partition(':')[0]}.json"
+    with atomic_write(out, suffix=".json") as tmp:
+        tmp.write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+    print(f"projected full atlas: {result['projected_atlas_seconds'] / 60:.1f} min "
+          f"({result['atlas_to_bare_gemm']:.2f}x the bare GEMM, {result['dtype']}); first `find` without an atlas: "
+          f"{result['projected_first_find_seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
