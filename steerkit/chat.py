@@ -19,6 +19,9 @@ HELP = ("commands: /profile FILE-or-NAME (add), /clear (drop all profiles), /str
         "          /edits (show active edits), /reset (forget the conversation), /help, /quit")
 
 
+SHOWN_EDITS = 12  # edits listed per profile by /edits (a discovered direction has a layer's worth)
+
+
 class ChatRepl:
     """A conversation over a :class:`SteeringSession`."""
 
@@ -54,7 +57,7 @@ class ChatRepl:
         if not argument:
             return ["usage: /profile FILE-or-NAME (a profile file, or a shipped name such as dog)"]
         added = self.session.add_profile(argument)
-        return [f"added {printable(added.name)} ({len(added.edits)} edits, positions {added.positions})"]
+        return [f"added {printable(added.name)} ({len(added.edits)} edits, {printable(added.placement)})"]
 
     def _clear(self, argument: str) -> list[str]:
         self.session.profiles.clear()
@@ -82,9 +85,11 @@ class ChatRepl:
         strength = "each profile's own" if session.strength is None else f"{session.strength:g}"
         lines = [f"steering {'on' if session.enabled else 'off'}, strength {strength}"]
         for profile in session.profiles:
-            lines.append(f"  {printable(profile.name)} (positions {profile.positions}):")
+            lines.append(f"  {printable(profile.name)} ({printable(profile.placement)}, {len(profile.edits)} edits):")
             lines += [f"    {e.layer}:{e.neuron} {e.op} {e.value:g}  {printable(' '.join(e.tokens[:5]))}"
-                      for e in profile.edits]
+                      for e in profile.edits[:SHOWN_EDITS]]
+            if len(profile.edits) > SHOWN_EDITS:
+                lines.append(f"    ... and {len(profile.edits) - SHOWN_EDITS} more")
         return lines
 
     def _reset(self, argument: str) -> list[str]:

@@ -169,6 +169,12 @@ class Profile:
             seen[key] = index
 
 
+    @property
+    def placement(self) -> str:
+        """Where the edits act, in words: ``positions all``, ``positions generated until 'dog'``."""
+        return f"positions {self.positions}" + (f" until {self.until!r}" if self.until else "")
+
+
 def finite_number(value: Any, where: str, bound: float | None = None) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise SteerkitError(f"{where}: expected a number, got {_short(value)}")

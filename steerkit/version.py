@@ -1,3 +1,3 @@
 """The steerkit version: one place, read by the package, the build and every cache key."""
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"

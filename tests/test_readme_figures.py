@@ -10,40 +10,48 @@ ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("profile", "prompting", "prompting+profile", "mean-difference")
 
 
-def _records() -> list[dict]:
-    lines = (ROOT / "bench" / "results" / "concepts.jsonl").read_text().splitlines()
+def _records(name: str = "concepts") -> list[dict]:
+    lines = (ROOT / "bench" / "results" / f"{name}.jsonl").read_text().splitlines()
     return [r for r in map(json.loads, lines) if "rows" in r]
 
 
-def test_readme_status_matches_the_recorded_bench():
-    records = _records()
+def _figures(records: list[dict]) -> dict:
+    def avg(method, key):
+        return sum(r["rows"][method][key] for r in records) / len(records)
+
+    moved = [r for r in records if r["rows"]["profile"]["mention_rate"] - r["rows"]["unsteered"]["mention_rate"] >= 0.5]
+    return {
+        "n": len(records), "moved": len(moved),
+        "mention": avg("profile", "mention_rate"), "prompting_mention": avg("prompting", "mention_rate"),
+        "relevance": avg("profile", "relevance") / avg("unsteered", "relevance"),
+        "nll": avg("profile", "nll") - avg("unsteered", "nll"),
+        "repetition": avg("profile", "repetition") - avg("unsteered", "repetition"),
+        **{m: avg(m, "score") for m in METHODS},
+    }
+
+
+def test_readme_status_matches_the_recorded_benches():
     readme = " ".join((ROOT / "README.md").read_text().split())
-    mean = {m: sum(r["rows"][m]["score"] for r in records) / len(records) for m in METHODS}
-    working = [r for r in records if r["rows"]["profile"]["mention_rate"] - r["rows"]["unsteered"]["mention_rate"] >= 0.5]
-    vector = [r for r in records if r["setting"].startswith("vector")]  # discovery's fallback was chosen
-    unmoved = [r for r in records if not r["moved"]]
-
-    def avg(rows, method, key):
-        return sum(r["rows"][method][key] for r in rows) / len(rows)
-
+    own, held = _figures(_records()), _figures(_records("concepts-held-out"))
     stated = [
-        f"on {len(records)} words and phrases",
-        f"({len(working)} of {len(records)})",
-        f"names it in {avg(working, 'profile', 'mention_rate'):.0%} of answers",
-        f"against {avg(working, 'prompting', 'mention_rate'):.0%} for prompting",
-        f"keeping {avg(working, 'profile', 'relevance_score') / avg(working, 'unsteered', 'relevance_score'):.0%}",
-        f"(combined score {avg(working, 'profile', 'score'):.2f} vs {avg(working, 'prompting', 'score'):.2f})",
-        f"for those {len(vector)} words",
-        f"({avg(vector, 'profile', 'mention_rate'):.0%} vs {avg(vector, 'prompting', 'mention_rate'):.0%})",
-        f"(combined {avg(vector, 'profile', 'score'):.2f} vs {avg(vector, 'prompting', 'score'):.2f})",
-        f"For {len(unmoved)} words nothing moves",
-        f"a profile ({mean['profile']:.3f}) is ahead of prompting ({mean['prompting']:.3f}) and of profile plus "
-        f"prompting ({mean['prompting+profile']:.3f})",
-        f"vector scores {mean['mean-difference']:.2f}",
+        f"on {own['n']} words and phrases of eleven kinds",
+        f"names the word in {own['mention']:.0%} of answers (prompting: {own['prompting_mention']:.0%})",
+        f"keeps {own['relevance']:.0%} of the answers' relevance",
+        f"costs {own['nll']:+.2f} nats/token of fluency and {own['repetition']:+.2f} repetition",
+        f"moves the mention rate by at least 0.5 for {own['moved']} of {own['n']} words",
+        f"combined score {own['profile']:.3f} against {own['prompting']:.3f} for prompting, "
+        f"{own['prompting+profile']:.3f} for profile plus prompting and {own['mean-difference']:.3f} for a "
+        f"mean-difference steering vector",
+        f"On {held['n']} held-out words and phrases",
+        f"mention {held['mention']:.0%} (prompting {held['prompting_mention']:.0%})",
+        f"{held['moved']} of {held['n']} moved by at least 0.5",
+        f"relevance {held['relevance']:.0%}",
+        f"combined {held['profile']:.3f} vs {held['prompting']:.3f}",
     ]
     for phrase in stated:
         assert phrase.replace("%", " %") in readme or phrase in readme, phrase
-    assert mean["profile"] > mean["prompting+profile"] > mean["prompting"] > mean["mean-difference"]
+    for figures in (own, held):
+        assert figures["profile"] > figures["mean-difference"] and figures["prompting+profile"] > figures["prompting"]
 
 
 def test_measurements_table_is_the_bench_table():

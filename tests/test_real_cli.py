@@ -68,7 +68,7 @@ def test_chat_in_a_terminal():
     usage, added, answer, edits, cleared, edits_after, strength = said
     assert "usage: /profile" in usage and "added dog" in added
     assert "bot> " in answer and "dog" in answer.lower()
-    assert "dog (positions prompt)" in edits and "add" in edits
+    assert "dog (positions generated until 'dog'" in edits and "add" in edits and "more" in edits
     assert cleared.count("no profiles active") == 1 and edits_after.count("no profiles active") == 1
     assert "dog" not in edits_after and "strength must be a finite number" in strength
     assert "Traceback" not in "".join(said)

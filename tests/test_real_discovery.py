@@ -37,14 +37,14 @@ def test_discovered_dog_profile_meets_the_paper_demo(tools):
     reader, atlas, evaluator = tools
     found = discover("dog", reader, atlas, evaluator)
     print(f"discover dog: {found.seconds:.1f} s, chosen {found.chosen}")
-    assert found.chosen.in_budget
-    assert {(e.layer, e.neuron) for e in found.profile.edits} >= {(29, 808)}  # the paper's dog neuron is in it
-    report = evaluate(found.profile, evaluator, found.concept, strengths=(1.0,))
+    assert found.chosen.in_budget and (found.profile.positions, found.profile.until) == ("generated", "dog")
+    assert (29, 808) in {(c.layer, c.neuron) for c in found.candidates}  # the paper's dog neuron is among them
+    report = evaluate(found.profile, evaluator, found.concept, strengths=(1.0,), baselines=False)
     base, steered = report.at(0.0), report.at(1.0)
     print(f"neutral prompts: dog mentioned {base.mention_rate:.2f} -> {steered.mention_rate:.2f}, "
           f"NLL {base.nll:.2f} -> {steered.nll:.2f}, repetition {base.repetition:.2f} -> {steered.repetition:.2f}")
     assert len(report.prompts) >= 10
-    assert base.mention_rate <= 0.10 and steered.mention_rate >= 0.60
+    assert base.mention_rate <= 0.10 and steered.mention_rate >= 0.80
     assert Budget().allows(steered, base)
     answer = evaluator.generate(["What is your favourite animal?"], [compile_plan([found.profile])], 20)[0][0]
     assert "dog" in answer.lower(), answer

@@ -119,3 +119,33 @@ def test_until_in_profile_files(tmp_path):
         parse_profile(text.replace("until: ice cream", "until: [dog]"), "p.yaml")
     with pytest.raises(SteerkitError, match="until: needs positions"):
         Profile("t", model_binding(model), EDITS, positions="prompt", until="dog")
+
+
+def test_llama_cpp_control_vectors_for_each_part_of_a_plan(tmp_path):
+    """What llama.cpp adds while it reads the prompt, while it writes the answer, and once the answer names
+    the word; all-position edits go to the patched copy instead."""
+    import numpy as np
+
+    from steerkit.runtimes.llamacpp.prompt_vector import split_plan
+    from steerkit.weights.gguf_reader import GGUFWeights
+    from tiny_models import save_gguf
+
+    model = tiny_model("llama")
+    weights = GGUFWeights(save_gguf(model, tmp_path / "t.gguf"))
+    binding = model_binding(model)
+    prompt = Profile("p", binding, [Edit(1, 5, "add", 2.0)], positions="prompt")
+    answer = Profile("a", binding, [Edit(2, 7, "add", -1.0)], positions="generated")
+    until = Profile("u", binding, [Edit(2, 9, "add", 3.0)], positions="all", until="dog")
+    everywhere = Profile("e", binding, [Edit(1, 3, "scale", 2.0)])
+    patched, vectors = split_plan(weights, compile_plan([prompt, answer, until, everywhere], binding))
+    assert [g.positions for g in patched.groups] == ["all"] and patched.groups[0].until is None
+    column = {(layer, j): weights.down_offset(layer, np.array([j]), np.array([1.0])) for layer, j in
+              ((1, 5), (2, 7), (2, 9))}
+    np.testing.assert_allclose(vectors.prompt()[1], 2.0 * column[(1, 5)], rtol=1e-6)
+    np.testing.assert_allclose(vectors.prompt()[2], 3.0 * column[(2, 9)], rtol=1e-6)
+    np.testing.assert_allclose(vectors.answer()[2], 3.0 * column[(2, 9)] - column[(2, 7)], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(vectors.answer({"dog"})[2], -column[(2, 7)], rtol=1e-6)
+    assert 1 not in vectors.answer() and vectors.words == ("dog",)
+    with pytest.raises(UnsupportedEdit, match="only 'add' edits"):
+        split_plan(weights, compile_plan([Profile("c", binding, [Edit(2, 7, "clamp", 1.0)], positions="generated",
+                                                  until="dog")], binding))
