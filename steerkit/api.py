@@ -119,9 +119,8 @@ def discover(word: str, model: str | Backend | None = None, suppress: bool = Fal
     :func:`steerkit.profile.save_profile`), ``.chosen`` and ``.sweep`` with the
     measured figures.
     """
-    from steerkit.atlas import atlas_for
     from steerkit.concept import concept_from_word
-    from steerkit.discovery import DISCOVERY_NEEDS
+    from steerkit.discovery import DISCOVERY_NEEDS, atlas_for_discovery
     from steerkit.discovery import discover as run_discovery
     from steerkit.runtimes.base import Backend
     from steerkit.runtimes.base import load_backend as load
@@ -130,7 +129,7 @@ def discover(word: str, model: str | Backend | None = None, suppress: bool = Fal
     label = getattr(model, "label", None) if isinstance(model, Backend) else model
     reader = open_weights(label)
     concept_from_word(word, reader.tokens())  # refuse a bad word before any heavy work
-    atlas = atlas_for(reader, progress=progress)
+    atlas = atlas_for_discovery(reader, positions, suppress, progress)
     backend = model if isinstance(model, Backend) else load(model, needs=DISCOVERY_NEEDS)
     backend.progress = progress
     return run_discovery(word, reader, atlas, backend, suppress=suppress, prompts=prompts, positions=positions,

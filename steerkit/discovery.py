@@ -215,7 +215,7 @@ def _vector_profile(concept: Concept, adds: np.ndarray, setting: Setting, bindin
     )
 
 
-def discover(word: str, reader: WeightReader, atlas: Atlas, backend, suppress: bool = False,
+def discover(word: str, reader: WeightReader, atlas: Atlas | None, backend, suppress: bool = False,
              prompts: list[str] | None = None, budget: Budget = Budget(), max_new_tokens: int | None = None,
              positions: str = "until", log: Callable[[str], None] = lambda message: None) -> Discovery:
     """Find, calibrate and choose a profile for ``word`` (see the module doc for the method).
@@ -227,14 +227,19 @@ def discover(word: str, reader: WeightReader, atlas: Atlas, backend, suppress: b
     on the answer until it names the concept; ``prompt`` on the prompt only;
     ``all`` at every position, so ``steerkit patch`` can bake it into a GGUF.
     ``max_new_tokens`` per calibration answer defaults to 32 for ``until`` (the
-    word has to come up inside it) and 20 otherwise.
+    word has to come up inside it) and 20 otherwise.  ``atlas`` may be ``None`` for ``until``, which
+    needs none (the neuron candidates are then left out of the provenance): a big model is steered
+    without waiting for its atlas.
     """
     if positions not in POSITION_MODES:
         raise SteerkitError(f"positions: {positions!r} is not one of {', '.join(POSITION_MODES)}")
     until = positions == "until" and not suppress
     max_new_tokens = max_new_tokens or (UNTIL_TOKENS if until else 20)
     started = time.perf_counter()
-    concept = concept_from_word(word, atlas.vocab)
+    if atlas is None and not until:
+        raise SteerkitError(f"discover --positions {positions}{' --suppress' if suppress else ''} ranks neurons "
+                            f"from the atlas: build it first (steerkit map)")
+    concept = concept_from_word(word, reader.tokens())
     notes: list[str] = []
 
     def note(message: str) -> None:
@@ -244,7 +249,7 @@ def discover(word: str, reader: WeightReader, atlas: Atlas, backend, suppress: b
     if concept.note:
         note(concept.note)
     log(f"concept tokens: {', '.join(concept.tokens)}")
-    candidates = rank_candidates(reader, atlas, concept, limit=max(NEURON_COUNTS))
+    candidates = [] if atlas is None else rank_candidates(reader, atlas, concept, limit=max(NEURON_COUNTS))
     for c in candidates:
         log(f"  {c.layer}:{c.neuron} write{'+' if c.sign > 0 else '-'} p={c.write_prob:.3f} x{c.specificity:.2f} "
             f"{c.read_view} p={c.read_prob:.3f}  {' '.join(c.tokens)}")
@@ -354,6 +359,17 @@ def _provenance(concept, candidates, baseline, sweep, chosen, budget, prompts, s
     }
 
 
+def atlas_for_discovery(reader: WeightReader, positions: str = "until", suppress: bool = False,
+                        progress: bool = True) -> Atlas | None:
+    """The atlas discovery needs: none for ``until`` (the cached one if there is one, for the provenance),
+    the whole atlas (built if need be) for neuron-based modes."""
+    from steerkit.atlas import atlas_for, cached_atlas
+
+    if positions == "until" and not suppress:
+        return cached_atlas(reader)
+    return atlas_for(reader, progress=progress)
+
+
 def discovered_profile_path(reader: WeightReader, word: str, suppress: bool = False, positions: str = "until"):
     """Where ``discover`` caches the profile for ``word`` on this model (and ``steer`` looks for the ``until`` one).
 
@@ -391,12 +407,12 @@ def profile_for_concept(word: str, model: str | None = None, suppress: bool = Fa
     cached = discovered_profile_path(reader, word, suppress)
     if cached.is_file():
         return cached, "cached"
-    from steerkit.atlas import atlas_for
     from steerkit.runtimes import load_backend
 
     log(f"no profile for {name!r} on {reader.info.label} yet: discovering one (about a minute)")
     backend = load_backend(model, needs=DISCOVERY_NEEDS)
-    found = discover(word, reader, atlas_for(reader), backend, suppress=suppress, log=log)
+    atlas = atlas_for_discovery(reader, suppress=suppress)
+    found = discover(word, reader, atlas, backend, suppress=suppress, log=log)
     if not found.moved:
         raise SteerkitError(found.failure())
     save_profile(found.profile, cached)

@@ -369,3 +369,21 @@ def test_output_direction_raises_the_concept_over_the_average_token(planted):
     assert all(logits[i] > logits.mean() + 2 * logits.std() for i in word_start)
     # Centring: the mean row of the LM head gets no push of its own.
     assert abs(unembedding.mean(0) @ (reader.norm_gain() * direction)) < 0.05 * logits[word_start].min()
+
+
+def test_until_discovery_needs_no_atlas(planted):
+    """A big model is steered before its atlas exists: only the neuron-based modes need one."""
+    from steerkit.concept_vector import neuron_adds
+    from steerkit.output_direction import output_direction, output_layers
+
+    _, reader, atlas = planted
+    evaluator = _AnswerEvaluator(reader.binding(), 1e9)
+    layer = output_layers(reader.info.n_layers)[-1]
+    evaluator.unit = float(np.linalg.norm(neuron_adds(reader, layer, output_direction(
+        reader, concept_from_word("dog", atlas.vocab))))) * 30.0
+    without = discover("dog", reader, None, evaluator, prompts=["p1", "p2"])
+    with_atlas = discover("dog", reader, atlas, evaluator, prompts=["p1", "p2"])
+    assert without.candidates == [] and with_atlas.candidates
+    assert without.profile.edits == with_atlas.profile.edits
+    with pytest.raises(SteerkitError, match="build it first"):
+        discover("dog", reader, None, evaluator, prompts=["p1"], positions="prompt")
