@@ -1,6 +1,6 @@
 """Make the shipped profiles with `discover`, evaluate each with `eval`, and record the figures.
 
-    python bench/shipped_profiles.py [--concepts WORD ...] [--suppress WORD=PROMPTS.txt ...] [--table]
+    python bench/shipped_profiles.py [--concepts WORD ...] [--suppress WORD=PROMPTS.txt ...] [--positions all] [--table]
 
 For each concept: discovery on the default model (built-in calibration
 prompts), then evaluation on the built-in neutral prompts (promote) or the
@@ -9,7 +9,10 @@ Every concept's figures go to ``profiles/eval/summary.json`` (the README
 table's source and the generality figure); profiles that work -- promoting
 ones naming the concept in at least half the answers, suppressing ones
 cutting mentions by 80 % -- are written to ``profiles/NAME.yaml`` with
-``profiles/eval/NAME.json`` + ``.png``.
+``profiles/eval/NAME.json`` + ``.png``.  ``--positions all`` makes each
+concept's all-position variant (``NAME-all``, what `steerkit patch` bakes
+into a GGUF) instead of the default one that steers the answer until it
+names the concept.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concepts", nargs="*", default=DEFAULT_CONCEPTS, metavar="WORD")
     parser.add_argument("--suppress", nargs="*", default=DEFAULT_SUPPRESS, metavar="WORD=PROMPTS")
+    parser.add_argument("--positions", choices=("until", "all"), default="until")
     parser.add_argument("--table", action="store_true", help="Only print summary.json as README's markdown table.")
     args = parser.parse_args()
     if args.table:
@@ -62,10 +66,15 @@ def main() -> None:
     for word, suppress, prompt_file in jobs:
         started = time.perf_counter()
         prompts = read_prompts(prompt_file) if prompt_file else None
-        found = discover(word, reader, atlas, evaluator, suppress=suppress, prompts=prompts)
+        positions = "until" if suppress else args.positions
+        found = discover(word, reader, atlas, evaluator, suppress=suppress, prompts=prompts, positions=positions)
         profile = found.profile
-        report = evaluate(profile, evaluator, found.concept, prompts)
+        if positions == "all":
+            profile.name = f"{profile.name}-all"
+        report = evaluate(profile, evaluator, found.concept, prompts, reader=reader)
         base, steered = report.at(0.0), report.at(1.0)
+        scores = {m: report.row(m, 1.0 if m in ("profile", "prompting+profile") else None).summary.as_dict()
+                  for m in ("profile", "prompting", "prompting+profile", "mean-difference") if _has(report, m)}
         works = (steered.mention_rate <= 0.2 * base.mention_rate and base.mention_rate > 0) if suppress \
             else steered.mention_rate >= SHIP_MENTION
         if works:
@@ -73,8 +82,8 @@ def main() -> None:
             write_report(report, PROFILES / "eval" / f"{profile.name}.json", PROFILES / "eval" / f"{profile.name}.png")
         summary[profile.name] = {
             "concept": word, "goal": report.goal, "shipped": works, "edits": len(profile.edits),
-            "setting": f"{found.chosen.setting.n_neurons} x {found.chosen.setting.multiple:g}",
-            "neurons": [f"{e.layer}:{e.neuron}" for e in profile.edits],
+            "setting": found.chosen.setting.label(), "positions": profile.positions, "until": profile.until,
+            "neurons": [f"{e.layer}:{e.neuron}" for e in profile.edits][:16],
             "prompts": prompt_file or "built-in neutral",
             "mention_unsteered": base.mention_rate, "mention_steered": steered.mention_rate,
             "nll_unsteered": round(base.nll, 3), "nll_steered": round(steered.nll, 3),
@@ -82,6 +91,7 @@ def main() -> None:
             "diversity_unsteered": round(base.diversity, 3), "diversity_steered": round(steered.diversity, 3),
             "discover_seconds": round(found.seconds, 1),
             "in_budget": Budget().allows(steered, base),
+            "scores": scores,
         }
         print(f"{profile.name:12s} {'shipped' if works else 'not shipped'} mention {base.mention_rate:.2f} -> {steered.mention_rate:.2f}  "
               f"nll {base.nll:.2f} -> {steered.nll:.2f}  rep {base.repetition:.2f} -> {steered.repetition:.2f}  "
@@ -90,16 +100,20 @@ def main() -> None:
             tmp.write_text(json.dumps(summary, indent=1) + "\n")
 
 
+def _has(report, method: str) -> bool:
+    return any(r.method == method for r in report.rows)
+
+
 def print_table(summary: dict) -> None:
     """README's table of every concept tried, and the mean figures over them."""
-    print("| profile | goal | neurons x units | mentions | NLL | repetition | in budget | shipped |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| profile | goal | setting | mentions | NLL | repetition | score (prompting) | in budget | shipped |")
+    print("|---|---|---|---|---|---|---|---|---|")
     rows = sorted(summary.items(), key=lambda item: (item[1]["goal"], not item[1]["shipped"], item[0]))
     for name, row in rows:
         print(f"| `{name}` | {row['goal']} | {row['setting']} | {row['mention_unsteered']:.2f} → {row['mention_steered']:.2f} "
               f"| {row['nll_unsteered']:.2f} → {row['nll_steered']:.2f} "
               f"| {row['repetition_unsteered']:.2f} → {row['repetition_steered']:.2f} "
-              f"| {'yes' if row['in_budget'] else 'no'} | {'yes' if row['shipped'] else 'no'} |")
+              f"| {_score(row)} | {'yes' if row['in_budget'] else 'no'} | {'yes' if row['shipped'] else 'no'} |")
     for goal in ("promote", "suppress"):
         chosen = [r for r in summary.values() if r["goal"] == goal]
         shipped = [r for r in chosen if r["shipped"]]
@@ -110,6 +124,13 @@ def print_table(summary: dict) -> None:
                       f"{mean('mention_steered'):.2f}, NLL change {mean('nll_steered') - mean('nll_unsteered'):+.2f}, "
                       f"repetition change {mean('repetition_steered') - mean('repetition_unsteered'):+.2f}, "
                       f"discover {mean('discover_seconds'):.0f} s")
+
+
+def _score(row: dict) -> str:
+    scores = row.get("scores")
+    if not scores:
+        return "-"
+    return f"{scores['profile']['score']:.2f} ({scores['prompting']['score']:.2f})"
 
 
 if __name__ == "__main__":

