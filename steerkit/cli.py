@@ -415,7 +415,7 @@ def serve_command(
 @app.command("patch")
 def patch_command(
     model_file: Path = typer.Argument(..., help="The GGUF to patch (never modified)."),
-    profiles: list[Path] = typer.Argument(..., help="One or more profile files, applied in order."),
+    profiles: list[str] = typer.Argument(..., help="One or more profiles (files or shipped names), applied in order."),
     output: Path = typer.Option(..., "--output", "-o", help="Where to write the patched GGUF."),
     strength: Optional[float] = typer.Option(None, "--strength", "-s"),
     allow_repatch: bool = typer.Option(False, "--allow-repatch", help="Patch a file steerkit already patched."),
@@ -423,7 +423,7 @@ def patch_command(
                                      help="Gemma: replace clamp/add edits by a fitted stand-in (norm gains + a control vector next to the output)."),
 ) -> None:
     """Write a patched GGUF that stock llama.cpp, llama-cpp-python and ollama load as-is."""
-    from steerkit.profile import load_profile
+    from steerkit.api import load_profile
     from steerkit.runtimes.llamacpp import patch_gguf
     from steerkit.session import check_strength
 

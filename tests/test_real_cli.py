@@ -82,3 +82,18 @@ def test_discover_through_the_cli_writes_a_profile_that_validates(tmp_path):
     assert "<- chosen" in result.stdout and out.is_file()
     check = _cli("validate", str(out), "-m", "smollm2-135m")
     assert check.returncode == 0 and "cat:" in check.stdout, check.stderr
+
+
+def test_patch_then_inspect_the_real_model(tmp_path):
+    """`patch` then `inspect` through the entry point: the file names what was baked into it, and the
+    answer-until profile that weights cannot carry is refused in one line."""
+    from steerkit.sources import resolve_model
+
+    out = tmp_path / "dog.gguf"
+    result = _cli("patch", str(resolve_model().path), "dog-clamp", "-o", str(out))  # a shipped name, or a file
+    assert result.returncode == 0 and "ffn_down bias in layers [29]" in result.stdout, result.stderr
+    shown = _cli("inspect", str(out))
+    assert shown.returncode == 0 and "patched by steerkit" in shown.stdout and "dog-clamp" in shown.stdout
+    refused = _cli("patch", str(resolve_model().path), "dog", "-o", str(tmp_path / "x.gguf"))
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1 and "cannot be baked" in refused.stderr
+    assert not (tmp_path / "x.gguf").exists()
