@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from steerkit.concept import named_so_far
+from steerkit.errors import SteerkitError
 
 __all__ = ["PositionTracker"]
 
@@ -57,7 +58,7 @@ class PositionTracker:
 
     def _follow_answers(self, ids: torch.Tensor | None, new_prompt: bool, batch: int) -> None:
         if ids is None:
-            raise RuntimeError("edits with 'until' need token ids (not inputs_embeds) to read the answer")
+            raise SteerkitError("edits with 'until' need token ids (not inputs_embeds) to read the answer")
         if new_prompt or len(self._answers) != batch:
             self._answers = [[] for _ in range(batch)]
             self._named = {word: [False] * batch for word in self.words}
