@@ -158,7 +158,10 @@ def _chunk_lse(logits: torch.Tensor, high: torch.Tensor, low: torch.Tensor, buff
     return lse_pos, lse_neg
 
 
-MARGIN = 16  # extra candidates taken from reduced-precision logits, rescored in fp32
+# Extra candidates taken from reduced-precision logits and rescored in fp32.  Their exact terms also go into the
+# log-sum-exp, so the bf16 error left there is the tail's: on SmolLM2's layer 29 (384 neurons, AVX2) the worst
+# view moved 0.007 nats with 16, 0.0036 with 48 and 0.0024 with 112, at the same time (the GEMM dominates).
+MARGIN = 112
 RESCORE_ROWS = 256  # neurons rescored at once (bounds the gathered LM-head columns: rows x (k + MARGIN) x d)
 
 

@@ -12,6 +12,9 @@ from steerkit.weights import open_weights
 from tiny_models import save_gguf, tiny_model
 
 BF16 = Precision("cpu", torch.bfloat16, "forced by the test")
+# The stated log-sum-exp tolerance of the bf16 path (docs/measurements.md): an AVX512-BF16 machine's worst view on
+# layer 29 was 0.039 nats with 16 rescored candidates; with 112 the tail left in bf16 carries about a third of that.
+LSE_TOLERANCE = 0.03
 
 
 def test_native_bf16_is_read_from_the_cpu_flags():
@@ -57,19 +60,23 @@ def test_rescoring_corrects_the_log_sum_exp():
 @pytest.mark.real
 @pytest.mark.slow
 def test_bf16_agrees_with_fp32_on_the_default_model():
-    """The issue's bar, on the last layer of SmolLM2 (both sides, 3,072 neurons, 6,144 views): top-10 sets agree
-    for >= 99.9 % of views, the top token for >= 99.99 %; the full measurement is bench/bench_precision.py."""
+    """The issue's bar, on the last layer of SmolLM2 (both sides): top-10 sets agree for >= 99.9 % of views, the top
+    token for >= 99.99 %, log-sum-exps within LSE_TOLERANCE nats (probabilities within 3 %).  Every neuron where the
+    CPU has native BF16 (where the atlas would use it); a sample elsewhere, where bf16 matmuls are ~7x slower than
+    fp32 and the atlas never uses them.  The full measurement is bench/bench_precision.py."""
     reader = open_weights(None)
     info = reader.info
     gain = torch.from_numpy(reader.norm_gain())
     unembedding_t = torch.from_numpy(reader.unembedding()).T.contiguous()
     fast = unembedding_t.to(torch.bfloat16)
+    rows = slice(None) if cpu_has_native_bf16() else slice(0, 96)
     sets = tops = views = 0
-    for vectors in (reader.up_rows(29), reader.down_cols(29)):
-        ids, _, lse = decode_side(torch.from_numpy(vectors), gain, unembedding_t, info.rms_eps, 10)
-        ids_b, _, lse_b = decode_side(torch.from_numpy(vectors), gain, unembedding_t, info.rms_eps, 10, fast)
+    for side in (reader.up_rows(29), reader.down_cols(29)):
+        vectors = torch.from_numpy(side)[rows]
+        ids, _, lse = decode_side(vectors, gain, unembedding_t, info.rms_eps, 10)
+        ids_b, _, lse_b = decode_side(vectors, gain, unembedding_t, info.rms_eps, 10, fast)
         sets += int((ids.sort(-1).values == ids_b.sort(-1).values).all(-1).sum())
         tops += int((ids[..., 0] == ids_b[..., 0]).sum())
         views += ids.shape[0] * 2
-        assert float((lse - lse_b).abs().max()) < 0.01
+        assert float((lse - lse_b).abs().max()) <= LSE_TOLERANCE
     assert sets / views >= 0.999 and tops / views >= 0.9999, (sets / views, tops / views)

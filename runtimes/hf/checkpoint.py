@@ -20,6 +20,7 @@ from steerkit.cache import temporary_dir
 from steerkit.errors import SteerkitError
 from steerkit.plan import compile_plan
 from steerkit.profile import Profile, dump_profile
+from steerkit.runtimes.hf.modules import text_config
 from steerkit.version import __version__
 
 __all__ = ["write_baked_checkpoint"]
@@ -46,6 +47,7 @@ def write_baked_checkpoint(model: str | None, profiles: list[Profile], output: s
     plan.merged()  # refuses what weights cannot carry, before the weights change
     bake(loaded, plan)
     prepare_for_save(loaded)
+    _forget_gguf_origin(loaded)
     with temporary_dir(output, "bake") as work:
         loaded.save_pretrained(work)
         tokenizer.save_pretrained(work)
@@ -57,3 +59,17 @@ def write_baked_checkpoint(model: str | None, profiles: list[Profile], output: s
         except OSError as exc:
             raise SteerkitError(f"{output}: cannot publish the checkpoint ({exc.strerror})") from exc
     return output
+
+
+def _forget_gguf_origin(model) -> None:
+    """transformers dequantizes a GGUF to plain float tensors on load but keeps a GGUF quantizer on the model,
+    which makes ``save_pretrained`` refuse; nothing in memory is quantized, so the marker (and the config's
+    ``quantization_config``, which would make a reload look for a GGUF) is dropped."""
+    if getattr(model, "quantization_method", None) is None or str(model.quantization_method.value) != "gguf":
+        return
+    model.hf_quantizer = None
+    model.is_quantized = False
+    del model.quantization_method
+    for config in {id(model.config): model.config, id(text_config(model)): text_config(model)}.values():
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
