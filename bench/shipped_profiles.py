@@ -48,10 +48,12 @@ def main() -> None:
     parser.add_argument("--concepts", nargs="*", default=DEFAULT_CONCEPTS, metavar="WORD")
     parser.add_argument("--suppress", nargs="*", default=DEFAULT_SUPPRESS, metavar="WORD=PROMPTS")
     parser.add_argument("--positions", choices=("until", "all"), default="until")
-    parser.add_argument("--table", action="store_true", help="Only print summary.json as README's markdown table.")
+    parser.add_argument("--table", action="store_true", help="Only print summary.json as a markdown table.")
+    parser.add_argument("--readme", nargs="*", metavar="NAME", help="Only print README's short table of these rows.")
     args = parser.parse_args()
-    if args.table:
-        print_table(json.loads((PROFILES / "eval" / "summary.json").read_text()))
+    if args.table or args.readme is not None:
+        summary = json.loads((PROFILES / "eval" / "summary.json").read_text())
+        print_readme_table(summary, args.readme) if args.readme is not None else print_table(summary)
         return
     torch.set_num_threads(2)
     reader = open_weights(None)
@@ -106,24 +108,44 @@ def _has(report, method: str) -> bool:
 
 def print_table(summary: dict) -> None:
     """README's table of every concept tried, and the mean figures over them."""
-    print("| profile | goal | setting | mentions | NLL | repetition | score (prompting) | in budget | shipped |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| profile | goal | positions | setting | mentions | NLL | repetition | score (prompting) | in budget | shipped |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     rows = sorted(summary.items(), key=lambda item: (item[1]["goal"], not item[1]["shipped"], item[0]))
     for name, row in rows:
-        print(f"| `{name}` | {row['goal']} | {row['setting']} | {row['mention_unsteered']:.2f} → {row['mention_steered']:.2f} "
+        print(f"| `{name}` | {row['goal']} | {_positions(row)} | {row['setting']} | {row['mention_unsteered']:.2f} → {row['mention_steered']:.2f} "
               f"| {row['nll_unsteered']:.2f} → {row['nll_steered']:.2f} "
               f"| {row['repetition_unsteered']:.2f} → {row['repetition_steered']:.2f} "
               f"| {_score(row)} | {'yes' if row['in_budget'] else 'no'} | {'yes' if row['shipped'] else 'no'} |")
     for goal in ("promote", "suppress"):
-        chosen = [r for r in summary.values() if r["goal"] == goal]
-        shipped = [r for r in chosen if r["shipped"]]
-        for label, group in (("all tried", chosen), ("shipped", shipped)):
-            if group:
-                mean = lambda key: sum(r[key] for r in group) / len(group)  # noqa: E731
-                print(f"\n{goal}, {label} ({len(group)}): mention {mean('mention_unsteered'):.2f} → "
-                      f"{mean('mention_steered'):.2f}, NLL change {mean('nll_steered') - mean('nll_unsteered'):+.2f}, "
-                      f"repetition change {mean('repetition_steered') - mean('repetition_unsteered'):+.2f}, "
-                      f"discover {mean('discover_seconds'):.0f} s")
+        for positions in ("generated", "all", "prompt"):
+            chosen = [r for r in summary.values() if r["goal"] == goal and r.get("positions", "prompt") == positions]
+            shipped = [r for r in chosen if r["shipped"]]
+            for label, group in (("all tried", chosen), ("shipped", shipped)):
+                if group:
+                    mean = lambda key: sum(r[key] for r in group) / len(group)  # noqa: E731
+                    print(f"\n{goal}, positions {positions}, {label} ({len(group)}): mention "
+                          f"{mean('mention_unsteered'):.2f} → {mean('mention_steered'):.2f}, NLL change "
+                          f"{mean('nll_steered') - mean('nll_unsteered'):+.2f}, repetition change "
+                          f"{mean('repetition_steered') - mean('repetition_unsteered'):+.2f}, "
+                          f"discover {mean('discover_seconds'):.0f} s")
+
+
+def print_readme_table(summary: dict, names: list[str]) -> None:
+    """README's table: the chosen rows, changes against unsteered, and the combined score next to prompting's."""
+    print("| profile | positions | mentions | NLL change | repetition change | score (prompting) | shipped |")
+    print("|---|---|---|---|---|---|---|")
+    for name in names:
+        row = summary[name]
+        print(f"| `{name}` | {_positions(row)} | {row['mention_unsteered']:.2f} → {row['mention_steered']:.2f} "
+              f"| {row['nll_steered'] - row['nll_unsteered']:+.2f} "
+              f"| {row['repetition_steered'] - row['repetition_unsteered']:+.2f} "
+              f"| {_score(row)} | {'yes' if row['shipped'] else 'no'} |")
+
+
+def _positions(row: dict) -> str:
+    # Rows recorded before 'positions' was stored are steerkit 0.3's prompt-position profiles.
+    positions = row.get("positions", "prompt")
+    return f"{positions} until {row['until']}" if row.get("until") else positions
 
 
 def _score(row: dict) -> str:

@@ -73,7 +73,7 @@ def test_a_profile_for_another_model_is_refused_before_anything_changes(model, i
 
 def test_load_profile_names_and_paths(tmp_path):
     dog = steerkit.load_profile("dog")
-    assert dog.name == "dog" and dog.positions == "prompt"
+    assert dog.name == "dog" and (dog.positions, dog.until) == ("generated", "dog")
     assert steerkit.load_profile(dog) is dog
     steerkit.save_profile(dog, tmp_path / "mine.yaml")
     assert steerkit.load_profile(tmp_path / "mine.yaml").edits == dog.edits

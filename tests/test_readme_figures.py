@@ -71,3 +71,19 @@ def test_readme_suppression_claim_matches_the_recorded_bench():
         rows = record["rows"]
         assert rows["profile"]["mention_rate"] == 0.0, record["profile"]
         assert rows["prompting"]["mention_rate"] > rows["unsteered"]["mention_rate"], record["profile"]
+
+
+def test_readme_shipped_table_is_the_recorded_summary():
+    """Each row of the README's table of re-discovered profiles is profiles/eval/summary.json's row."""
+    summary = json.loads((ROOT / "profiles" / "eval" / "summary.json").read_text())
+    rows = re.findall(r"^\| `([\w-]+)` \| (.+) \|$", (ROOT / "README.md").read_text(), re.MULTILINE)
+    assert len(rows) >= 6
+    for name, rest in rows:
+        row = summary[name]
+        cells = [c.strip() for c in rest.split("|")]
+        assert cells[1] == f"{row['mention_unsteered']:.2f} → {row['mention_steered']:.2f}", name
+        assert cells[2] == f"{row['nll_steered'] - row['nll_unsteered']:+.2f}", name
+        assert cells[3] == f"{row['repetition_steered'] - row['repetition_unsteered']:+.2f}", name
+        scores = row["scores"]
+        assert cells[4] == f"{scores['profile']['score']:.2f} ({scores['prompting']['score']:.2f})", name
+        assert cells[5] == ("yes" if row["shipped"] else "no"), name

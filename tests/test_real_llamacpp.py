@@ -277,7 +277,7 @@ def test_prompt_position_profile_matches_hf_in_llama_cpp(setup, baseline):
     from steerkit.weights.gguf_reader import GGUFWeights
 
     model, tokenizer, ids = setup
-    profile = load_profile(shipped_profile("dog"))
+    profile = load_profile(shipped_profile("japan"))  # steerkit 0.3's discovery: two neurons, prompt positions
     assert profile.positions == "prompt" and all(e.op == "add" for e in profile.edits)
     plan = compile_plan([profile], model_binding(model, tokenizer))
     steering = vector_steering(GGUFWeights(resolve_model().path), plan)
@@ -294,7 +294,7 @@ def test_prompt_position_profile_matches_hf_in_llama_cpp(setup, baseline):
     kl, top1 = compare(hf, cpp_logits)
     moved, _ = compare(hf, plain)
     base_kl, base_top1 = baseline
-    print(f"prompt-position dog profile: KL {kl:.4f} (baseline {base_kl:.4f}, ratio {kl / base_kl:.2f}), "
+    print(f"prompt-position japan profile: KL {kl:.4f} (baseline {base_kl:.4f}, ratio {kl / base_kl:.2f}), "
           f"top-1 {top1:.3f} (baseline {base_top1:.3f}), the edit moves KL {moved:.3f}")
     assert kl <= 1.5 * base_kl and top1 >= base_top1 - 0.03 and moved > 2 * kl
     # The vector is cleared after the prompt: decoding the same tokens again unsteered gives the plain logits.
