@@ -91,7 +91,7 @@ def measure(path: Path, layers: int, rows: int, device: str) -> dict:
     columns = torch.from_numpy(reader.unembedding()[:SAMPLE + 4]).T.contiguous().to(device)  # a sample + a word
     for layer in range(layers):
         for side in ("read", "write"):
-            vectors, seconds = _timed(lambda: reader.up_rows(layer) if side == "read" else reader.down_cols(layer), "cpu")
+            vectors, seconds = _timed(lambda: reader.side_vectors(layer, side), "cpu")
             dequant += seconds
             whole = torch.from_numpy(vectors).to(device)
             part = whole[:rows]

@@ -49,7 +49,7 @@ def measure(layers: list[int], device: str, rows: int | None = None) -> dict:
     seconds = {"float32": 0.0, "bfloat16": 0.0}
     for layer in layers:
         for side in SIDES:
-            vectors = torch.from_numpy(reader.up_rows(layer) if side == "read" else reader.down_cols(layer))[:rows]
+            vectors = torch.from_numpy(reader.side_vectors(layer, side))[:rows]
             vectors = vectors.to(device)
             results = {}
             for label, matrix in (("float32", None), ("bfloat16", fast)):

@@ -237,7 +237,7 @@ def _matrices(reader: WeightReader, overlap: bool):
 
     def load(item):
         layer, _, side = item
-        return reader.up_rows(layer) if side == "read" else reader.down_cols(layer)
+        return reader.side_vectors(layer, side)
 
     if not overlap:
         for item in order:

@@ -57,7 +57,7 @@ def score_tokens(reader: WeightReader, atlas: Atlas, token_ids: list[int]) -> np
     scores = np.empty((info.n_layers, info.d_ff, len(VIEWS)), dtype=np.float32)
     for layer in range(info.n_layers):
         for side_index, side in enumerate(SIDES):
-            vectors = reader.up_rows(layer) if side == "read" else reader.down_cols(layer)
+            vectors = reader.side_vectors(layer, side)
             logits = rms_normalize(torch.from_numpy(vectors), gain, info.rms_eps) @ columns
             for sign_index, sign in enumerate((1, -1)):
                 view = 2 * side_index + sign_index
@@ -94,10 +94,6 @@ def find_word(reader: WeightReader, atlas: Atlas, word: str, limit: int = 20) ->
     return variants, hits
 
 
-def _side(reader: WeightReader, layer: int, side: str) -> np.ndarray:
-    return reader.up_rows(layer) if side == "read" else reader.down_cols(layer)
-
-
 def quick_find(reader: WeightReader, word: str, limit: int = 20, sample: int = SAMPLE, decode: int = DECODE,
                top_k: int = 10, seed: int = 0) -> tuple[list[tuple[int, str]], list[NeuronHit]]:
     """:func:`find_word` without an atlas (see the module doc): estimate, then decode only the best ``decode``."""
@@ -116,7 +112,7 @@ def quick_find(reader: WeightReader, word: str, limit: int = 20, sample: int = S
     estimate = np.empty((info.n_layers, info.d_ff, len(VIEWS)), dtype=np.float32)
     for layer in range(info.n_layers):
         for side_index, side in enumerate(SIDES):
-            normed = rms_normalize(torch.from_numpy(_side(reader, layer, side)), gain, info.rms_eps)
+            normed = rms_normalize(torch.from_numpy(reader.side_vectors(layer, side)), gain, info.rms_eps)
             word_logits, sample_logits = normed @ word_columns, normed @ sample_columns
             for sign_index, sign in enumerate((1, -1)):
                 lse = torch.logaddexp(torch.logsumexp(sign * word_logits, 1),
@@ -129,7 +125,7 @@ def quick_find(reader: WeightReader, word: str, limit: int = 20, sample: int = S
     for layer in sorted({int(i) // info.d_ff for i in chosen}):
         neurons = np.sort([int(i) % info.d_ff for i in chosen if int(i) // info.d_ff == layer])
         for side_index, side in enumerate(SIDES):
-            vectors = torch.from_numpy(_side(reader, layer, side)[neurons])
+            vectors = torch.from_numpy(reader.side_vectors(layer, side)[neurons])
             top_ids, _, lse = decode_side(vectors, gain, unembedding_t, info.rms_eps, top_k)
             logits = rms_normalize(vectors, gain, info.rms_eps) @ word_columns
             for sign_index, sign in enumerate((1, -1)):

@@ -46,6 +46,10 @@ class WeightReader(ABC):
     def down_cols(self, layer: int) -> np.ndarray:
         """``down_proj`` weight transposed, ``[d_ff, d_model]``: row j is what neuron j writes."""
 
+    def side_vectors(self, layer: int, side: str) -> np.ndarray:
+        """One side's neuron vectors, ``[d_ff, d_model]``: ``"read"`` is :meth:`up_rows`, ``"write"`` :meth:`down_cols`."""
+        return self.up_rows(layer) if side == "read" else self.down_cols(layer)
+
     def down_columns(self, layer: int, neurons: np.ndarray) -> np.ndarray:
         """``W_down[:, neurons]`` transposed, ``[n, d_model]`` (readers may avoid reading the whole matrix)."""
         return self.down_cols(layer)[np.asarray(neurons)]
