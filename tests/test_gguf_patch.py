@@ -52,9 +52,20 @@ def test_row_scaling_is_exact(qtype, factor):
     assert np.array_equal(data[others], patched[others])  # other rows: identical bytes
     if factor in (0.0, 1.0, -1.0, 2.0, -2.0):
         assert np.array_equal(after[rows], factor * before[rows])  # bit-exact
-    else:  # the fp16 scale is re-rounded: relative error at most 2^-11 per block (bf16 values: 2^-8)
-        tolerance = 2.0**-8 if qtype == Q.BF16 else 2.0**-10
-        np.testing.assert_allclose(after[rows], factor * before[rows], rtol=tolerance, atol=tolerance * np.abs(before).max())
+    elif qtype in FLOATS or qtype == Q.BF16 or len(SCALE_FIELDS[qtype]) == 1:
+        # One rounding of each value (F16) or of the one fp16 scale it is a multiple of: at most half an
+        # ulp, 2^-11 relative (bf16: 2^-8; F32: 2^-24), plus float32 dequantization noise.
+        bound = {Q.F32: 2.0**-24, Q.BF16: 2.0**-8}.get(qtype, 2.0**-11) + 2.0**-22
+        error = np.abs(after[rows] - factor * before[rows])
+        assert (error <= bound * np.abs(factor * before[rows])).all(), error.max()
+    else:  # value = d*q + m: both fp16 fields rounded (checked below), values may cancel
+        np.testing.assert_allclose(after[rows], factor * before[rows], rtol=2.0**-11, atol=2.0**-11 * np.abs(before).max())
+    if qtype in SCALE_FIELDS:  # every rewritten fp16 scale field is the exact product rounded once
+        _, type_size = GGML_QUANT_SIZES[qtype]
+        for offset in SCALE_FIELDS[qtype]:
+            old_field, new_field = (np.ascontiguousarray(d[rows].reshape(len(rows), -1, type_size)[:, :, offset:offset + 2])
+                                    .view(np.float16)[..., 0].astype(np.float64) for d in (data, patched))
+            assert (np.abs(new_field - factor * old_field) <= 2.0**-11 * np.abs(factor * old_field)).all()
     if qtype not in FLOATS and qtype != Q.BF16:  # only the scale fields changed
         _, type_size = GGML_QUANT_SIZES[qtype]
         changed = np.nonzero((data[rows] != patched[rows]).reshape(len(rows), -1, type_size).any(axis=(0, 1)))[0]

@@ -51,7 +51,7 @@ def test_round_trip(tmp_path):
         (("positions: all", "positions: some"), "bad.yaml:5: positions: 'some' is not one of"),
         (("op: ablate}", "op: clamp}"), "edits[3]: op clamp needs a 'value'"),
         (("{layer: 1, neuron: 4", "{layer: 1, neuron: 3"), "bad.yaml:10: edits[2]: neuron 1:3 is already edited by edits[1]"),
-        (("edits:\n", "edits: [\n"), "bad.yaml:"),
+        (("edits:\n", "edits: [\n"), "bad.yaml:8: YAML syntax error: expected the node content"),
         (("name: dog\n", "name: dog\nname: cat\n"), "bad.yaml:3: YAML: duplicate key 'name'"),
     ],
 )
