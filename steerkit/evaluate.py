@@ -25,7 +25,8 @@ from steerkit.prompts import builtin_prompts
 from steerkit.scoring import (NLL_SPAN, OTHER_PROMPTS, REPETITION_SPAN, Summary, answer_stats_of, score_answers,
                               summarise)
 
-__all__ = ["EvalReport", "Row", "METHODS", "profile_goal", "profile_concept", "evaluate", "write_report"]
+__all__ = ["EvalReport", "Row", "METHODS", "PLOTTED_SCORES", "profile_goal", "profile_concept", "evaluate", "report_figure",
+           "write_report"]
 
 STRENGTHS = (0.0, 0.5, 1.0, 1.5)
 
@@ -161,25 +162,23 @@ def evaluate(profile: Profile, backend, concept: Concept, prompts: list[str] | N
     return EvalReport(profile.name, concept.word, goal, prompts, rows, max_new_tokens, notes)
 
 
-def write_report(report: EvalReport, json_path: Path, png_path: Path | None) -> None:
-    """Write the report as JSON and (optionally) a PNG: each row's concept, relevance, fluency and combined score."""
-    with atomic_write(json_path, suffix=".json") as tmp:
-        tmp.write_text(json.dumps(report.as_dict(), indent=1, ensure_ascii=False), encoding="utf-8")
-    if png_path is None:
-        return
+PLOTTED_SCORES = (("concept_score", "concept"), ("relevance_score", "relevance"), ("fluency_score", "fluency"),
+                  ("score", "combined"))
+
+
+def report_figure(report: EvalReport):
+    """A matplotlib figure of the report: per row, one bar for each of ``PLOTTED_SCORES`` in that order."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    axes = (("concept_score", "concept"), ("relevance_score", "relevance"), ("fluency_score", "fluency"),
-            ("score", "combined"))
     figure, axis = plt.subplots(figsize=(max(6.0, 1.1 * len(report.rows)), 3.8), dpi=110)
-    width = 0.8 / len(axes)
-    for k, (key, label) in enumerate(axes):
+    width = 0.8 / len(PLOTTED_SCORES)
+    for k, (key, label) in enumerate(PLOTTED_SCORES):
         values = [getattr(row.summary, key) for row in report.rows]
-        axis.bar(np.arange(len(report.rows)) + (k - (len(axes) - 1) / 2) * width, values, width, label=label)
+        axis.bar(np.arange(len(report.rows)) + (k - (len(PLOTTED_SCORES) - 1) / 2) * width, values, width, label=label)
     axis.set_xticks(range(len(report.rows)), [row.label for row in report.rows], rotation=20, ha="right", fontsize=8)
     axis.set_ylim(0, 1.05)
     axis.set_ylabel("score (0-1, scored by the unsteered model)")
@@ -187,6 +186,18 @@ def write_report(report: EvalReport, json_path: Path, png_path: Path | None) -> 
     axis.set_title(f"{report.profile}: {report.goal} {report.concept!r}, {len(report.prompts)} prompts, "
                    f"{report.max_new_tokens} tokens", fontsize=10)
     figure.tight_layout()
+    return figure
+
+
+def write_report(report: EvalReport, json_path: Path, png_path: Path | None) -> None:
+    """Write the report as JSON and (optionally) a PNG: each row's concept, relevance, fluency and combined score."""
+    with atomic_write(json_path, suffix=".json") as tmp:
+        tmp.write_text(json.dumps(report.as_dict(), indent=1, ensure_ascii=False), encoding="utf-8")
+    if png_path is None:
+        return
+    import matplotlib.pyplot as plt
+
+    figure = report_figure(report)
     with atomic_write(png_path, suffix=".png") as tmp:
         figure.savefig(tmp, format="png")
     plt.close(figure)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import numpy as np
 import pytest
 
@@ -11,6 +14,7 @@ from steerkit.atlas_html import write_atlas_html
 from steerkit.compare import compare_atlases
 from steerkit.errors import SteerkitError
 from steerkit.find import find_word
+from steerkit.vocab import is_word_like, token_display
 from steerkit.weights import open_weights
 from tiny_models import save_gguf, tiny_model
 
@@ -46,6 +50,22 @@ def test_html_page(llama_gguf, tmp_path):
     page = write_atlas_html(atlas, tmp_path / "atlas.html").read_text()
     assert "<table" in page and "<svg" in page and "const DATA" in page
     assert "http" not in page.replace("http-equiv", "")  # self-contained
+    # The page's data is the atlas: every neuron, every view, its top tokens in order and its top probability.
+    vocab = json.loads(re.search(r"^const VOCAB = (.*);$", page, re.M).group(1))
+    data = json.loads(re.search(r"^const DATA = (.*);  //", page, re.M).group(1))
+    display = token_display(atlas.vocab)
+    assert [(layer, neuron) for layer, neuron, _ in data] == [(l, n) for l in range(atlas.n_layers) for n in range(atlas.d_ff)]
+    for layer, neuron, views in data:
+        for view, (ids, p1) in enumerate(views):
+            assert [vocab[i] for i in ids] == [display(atlas.vocab[t]) for t in atlas.token_ids[layer, neuron, view]]
+            assert abs(p1 - float(atlas.probs[layer, neuron, view, 0])) <= 5e-5
+    # One bar per layer and side, titled with its count of word-like top tokens.
+    for side in ("read", "write"):
+        for layer in range(atlas.n_layers):
+            views = (0, 1) if side == "read" else (2, 3)  # read = up row, write = down column, both signs
+            count = sum(any(is_word_like(atlas.vocab[int(atlas.token_ids[layer, n, v, 0])]) for v in views)
+                        for n in range(atlas.d_ff))
+            assert f"<title>layer {layer} {side}: {count} of {atlas.d_ff}</title>" in page, (side, layer)
 
 
 def test_find_word_ranks_planted_neuron(tmp_path):

@@ -23,7 +23,9 @@ PROFILES_DIR = shipped_dir()
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
 SUMMARY = json.loads((PROFILES_DIR / "eval" / "summary.json").read_text())
-DISCOVERED = sorted(name for name, row in SUMMARY.items() if row["shipped"])
+# What ships is what the profiles directory holds, not what the bench's summary lists.
+DISCOVERED = sorted(path.stem for path in PROFILES_DIR.glob("*.yaml")
+                    if load_profile(path).provenance.get("method", "").startswith("steerkit discover"))
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +78,10 @@ def shipped_stats(tools):
     return results
 
 
+def test_the_summary_records_every_shipped_discovered_profile_and_nothing_else():
+    assert DISCOVERED == sorted(name for name, row in SUMMARY.items() if row["shipped"])
+
+
 def test_at_least_twelve_profiles_ship_with_two_suppressing():
     goals = [profile_goal(load_profile(PROFILES_DIR / f"{name}.yaml")) for name in DISCOVERED]
     assert len(goals) >= 12 and goals.count("suppress") >= 2
@@ -92,8 +98,9 @@ def test_shipped_profile_steers_the_real_model(shipped_stats, name):
     else:
         assert steered.mention_rate >= 0.5 and steered.mention_rate >= base.mention_rate + 0.4
     assert steered.nll - base.nll <= Budget().nll  # the NLL part of the budget holds for every shipped profile
-    # The README table is what the test measures (greedy decoding is deterministic on one machine; allow drift).
-    assert abs(SUMMARY[name]["mention_steered"] - steered.mention_rate) <= 0.17
+    # The README table is what the test measures. Greedy decoding is deterministic on one machine; on another
+    # CPU a near-tie between two tokens can break the other way, so one prompt's answer may differ.
+    assert abs(SUMMARY[name]["mention_steered"] - steered.mention_rate) <= 1 / len(_prompts_for(name)) + 1e-9
     assert (PROFILES_DIR / "eval" / f"{name}.png").is_file() and (PROFILES_DIR / "eval" / f"{name}.json").is_file()
 
 
@@ -101,6 +108,8 @@ def test_cli_eval_writes_json_and_plot_in_both_runtimes(tmp_path):
     """`steerkit eval` on the shipped dog profile, through transformers and through llama.cpp."""
     import subprocess
     import sys
+
+    import matplotlib.image
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("Write a short poem.\nDescribe your ideal day.\n")
@@ -112,7 +121,8 @@ def test_cli_eval_writes_json_and_plot_in_both_runtimes(tmp_path):
                                 capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr
         report = json.loads(out.read_text())
-        assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        image = matplotlib.image.imread(out.with_suffix(".png"))  # a real picture (its bars: test_scoring)
+        assert image.shape[0] >= 300 and image.std() > 0.05
         methods[runtime] = [row["method"] for row in report["rows"]]
         rates[runtime] = {row["strength"]: row["mention_rate"] for row in report["rows"]
                           if row["method"] in ("unsteered", "profile")}

@@ -9,7 +9,7 @@ import torch
 
 from steerkit.concept import concept_from_word
 from steerkit.diffmean import CONCEPT_SYSTEM, diffmean_profiles
-from steerkit.evaluate import evaluate
+from steerkit.evaluate import PLOTTED_SCORES, evaluate, report_figure, write_report
 from steerkit.profile import Edit, Profile
 from steerkit.runtimes.hf.measure import answer_nll, answer_states, residual_norms
 from steerkit.scoring import NLL_SPAN, REPETITION_SPAN, AnswerScores, harmonic, score_answers, summarise
@@ -190,3 +190,25 @@ def test_evaluate_scores_every_alternative_on_the_same_prompts(tmp_path):
     data = report.as_dict()
     assert {row["method"] for row in data["rows"]} == {"unsteered", "profile", "prompting", "prompting+profile"}
     assert data["answers"]["prompting"][0] == "system answer to 0"
+
+
+def test_the_plot_shows_each_rows_scores_in_order(tmp_path):
+    """Each bar of the eval plot is the score it is labelled with, row by row; the PNG is that figure."""
+    import matplotlib.image
+
+    model = tiny_model("llama")
+    reader = open_weights(str(save_gguf(model, tmp_path / "tiny.gguf")))
+    profile = Profile("dog", reader.binding(), [Edit(1, 5, "add", 2.0)], positions="prompt")
+    report = evaluate(profile, _EvalBackend(reader.binding()), concept_from_word("dog", VOCAB), ["q0", "q1", "q2", "q3"],
+                      strengths=(0.5, 1.0), reader=reader)
+    figure = report_figure(report)
+    axis = figure.axes[0]
+    assert [t.get_text() for t in axis.get_xticklabels()] == [row.label for row in report.rows]
+    for container, (key, label) in zip(axis.containers, PLOTTED_SCORES, strict=True):
+        assert container.get_label() == label
+        assert [bar.get_height() for bar in container] == [getattr(row.summary, key) for row in report.rows]
+    assert len({row.summary.score for row in report.rows}) > 1  # the bars differ: a constant plot would fail above
+    write_report(report, tmp_path / "eval.json", tmp_path / "eval.png")
+    image = matplotlib.image.imread(tmp_path / "eval.png")
+    width, height = figure.get_size_inches() * figure.dpi
+    assert image.shape[:2] == (round(height), round(width)) and image.std() > 0.05
