@@ -75,3 +75,37 @@ def test_offsets_for_an_unpatched_model_beat_plain_ones(gemma):
     kl, _, moved = divergence(model, tokenizer, held_out, plan, fits, rows_patched=False)
     kl_plain, _, _ = divergence(model, tokenizer, held_out, plan, plain, rows_patched=False)
     assert kl < 0.5 * kl_plain and kl < moved
+
+
+def test_fit_is_the_least_squares_optimum_of_a_run_edited_by_hand(gemma):
+    """Independent of steerkit's hooks and solver: edit the MLP by hand (neuron 4 of layer 1 clamped to 40), take
+    n(y0) and n(y0 + D) from transformers' own post-FFN norm, solve min ||k n(y0) + c - n(y0 + D)||^2 with
+    torch.linalg.lstsq, and compare with fit_post_norm."""
+    model, _, calibration, _ = gemma
+    layer, neuron, value = 1, 4, 40.0
+    mlp = model.model.layers[layer].mlp
+    norm = model.model.layers[layer].post_feedforward_layernorm
+    seen = {}
+
+    def edit_by_hand(module, args, output):
+        (x,) = args
+        h = module.act_fn(module.gate_proj(x)) * module.up_proj(x)
+        h0 = h.clone()
+        h0[..., neuron] = 0.0  # y0: the clamped neuron zeroed (what the patched rows compute)
+        h[..., neuron] = value
+        seen["plain"], seen["exact"] = norm(module.down_proj(h0))[0].double(), norm(module.down_proj(h))[0].double()
+        return module.down_proj(h)
+
+    handle = mlp.register_forward_hook(edit_by_hand)
+    try:
+        with torch.no_grad():
+            model(torch.tensor([calibration]))
+    finally:
+        handle.remove()
+    plain, exact = seen["plain"], seen["exact"]
+    tokens, d = plain.shape
+    design = torch.cat([plain.reshape(-1, 1), torch.eye(d, dtype=torch.float64).repeat(tokens, 1)], dim=1)
+    solution = torch.linalg.lstsq(design, exact.reshape(-1, 1)).solution[:, 0]
+    fit = fit_post_norm(model, calibration, plan_for(model, [Edit(layer, neuron, "clamp", value)]))[layer]
+    assert 0 < fit.gain < 1 and abs(fit.gain - float(solution[0])) <= 1e-6 * abs(float(solution[0]))
+    np.testing.assert_allclose(fit.offset, solution[1:].numpy(), rtol=1e-4, atol=1e-5)
