@@ -59,6 +59,8 @@ class Backend(ABC):
     batches_rows: ClassVar[bool] = False
     #: Whether :meth:`activation_scale` is available (discovery needs it).
     measures_activations: ClassVar[bool] = False
+    #: Whether :meth:`load` can cast the weights to a ``dtype`` other than float32 (llama.cpp runs the GGUF's own types).
+    casts_weights: ClassVar[bool] = False
 
     binding: ModelBinding
     label: str  # the model, for messages
@@ -161,6 +163,13 @@ class Backend(ABC):
         raise SteerkitError(f"the {self.name} backend cannot measure the residual stream")
 
 
+#: The weight dtypes a backend may be asked for, by name (float32 is the default and asks for nothing).
+DTYPES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
+
+# What a missing capability means, for the one-line refusal.
+_CANNOT = {"batches_rows": "batch rows", "measures_activations": "measure activations",
+           "casts_weights": "cast the weights to another dtype"}
+
 # name -> "module:Class", in order of preference when choosing automatically (fastest first).
 # Imported on first use, so the core never pulls in torch or llama.cpp.
 BACKENDS: dict[str, str] = {
@@ -197,7 +206,7 @@ def choose_backend(source: ModelSource, runtime: str | None = None, device: str 
         missing = [need for need in needs if not getattr(cls, need)]
         if reason is None and not missing:
             return cls
-        reasons.append(f"{name}: {reason or 'cannot ' + ', '.join(missing).replace('_', ' ')}")
+        reasons.append(f"{name}: {reason or 'cannot ' + ', '.join(_CANNOT.get(need, need) for need in missing)}")
     raise SteerkitError(f"model {source.name} on {device}: no runtime can run it ({'; '.join(reasons)})")
 
 
@@ -210,5 +219,9 @@ def load_backend(model: str | ModelSource | None = None, runtime: str | None = N
     """
     from steerkit.sources import resolve_model
 
+    if dtype not in DTYPES:
+        raise SteerkitError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    if dtype not in ("float32", "fp32"):
+        needs = (*needs, "casts_weights")
     source = model if isinstance(model, ModelSource) else resolve_model(model)
     return choose_backend(source, runtime, device, needs).load(source, device, dtype)

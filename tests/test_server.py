@@ -318,15 +318,22 @@ def test_sigterm_finishes_the_request_in_flight_and_exits(tmp_path):
     import signal
 
     port = _free_port()
-    process = subprocess.Popen([sys.executable, "-m", "steerkit.cli", "serve", "--port", str(port)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    folder = tmp_path / "profiles"  # --profiles: a folder's profiles are offered next to the shipped ones
+    folder.mkdir()
+    text = shipped_profile("dog-clamp").read_text()
+    (folder / "mine.yaml").write_text(text.replace("name: dog-clamp", "name: my-dog"))
+    assert "name: my-dog" in (folder / "mine.yaml").read_text()
+    process = subprocess.Popen([sys.executable, "-m", "steerkit.cli", "serve", "--port", str(port),
+                                "--profiles", str(folder)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         for _ in range(300):
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=1)
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=1) as response:
+                    models = [m["id"] for m in json.loads(response.read())["data"]]
                 break
             except OSError:
                 time.sleep(0.2)
+        assert "smollm2-135m+my-dog" in models and "smollm2-135m+dog-clamp" in models
         results = []
         thread = threading.Thread(target=lambda: results.append(_post(
             f"http://127.0.0.1:{port}", {"model": "smollm2-135m", "messages": QUESTION, "max_tokens": 300,

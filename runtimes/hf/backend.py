@@ -27,6 +27,7 @@ class HFBackend(Backend):
     name: ClassVar[str] = "hf"
     batches_rows: ClassVar[bool] = True
     measures_activations: ClassVar[bool] = True
+    casts_weights: ClassVar[bool] = True
 
     def __init__(self, model, tokenizer, label: str | None = None, progress: bool = False) -> None:
         super().__init__()

@@ -24,7 +24,7 @@ from steerkit.runtimes.base import Backend
 from steerkit.sampling import check_max_tokens
 from steerkit.serving.requests import (MAX_BODY_BYTES, ApiError, StopFilter, parse_extension, parse_model_name,
                                        request_messages, request_sampling, request_stops)
-from steerkit.serving.store import ProfileStore
+from steerkit.serving.store import ProfileStore, folder_profiles
 
 __all__ = ["ServerState", "create_app", "serve"]
 
@@ -327,6 +327,8 @@ def serve(model: str | None = None, runtime: str | None = None, profiles_folder=
     source = resolve_model(model)
     if not 1 <= max_loaded <= 64:
         raise SteerkitError("--max-loaded must be 1..64")
+    if profiles_folder is not None:
+        folder_profiles(profiles_folder)  # a wrong path is refused before the model loads
     backend = load_backend(source, runtime, device, dtype)
     if hasattr(backend, "max_loaded"):  # backends that keep patched copies loaded
         backend.max_loaded = max_loaded

@@ -12,10 +12,20 @@ from steerkit.profile import Profile, load_profile
 from steerkit.runtimes.base import Backend
 from steerkit.serving.requests import NAME, ApiError
 from steerkit.shipped import shipped_dir, shipped_names, shipped_profile
+from steerkit.text import printable
 
-__all__ = ["ProfileStore", "MAX_PROFILES"]
+__all__ = ["ProfileStore", "MAX_PROFILES", "folder_profiles"]
 
 MAX_PROFILES = 256  # profiles a server holds: each POST may add one of up to a 1 MiB body, so memory stays bounded
+
+
+def folder_profiles(folder) -> list[Path]:
+    """The ``*.yaml`` files of ``--profiles`` ``folder``; a path that is not a folder, or holds none, is refused."""
+    paths = sorted(Path(folder).glob("*.yaml")) if Path(folder).is_dir() else None
+    if not paths:
+        reason = "not a folder" if paths is None else "holds no *.yaml profile"
+        raise SteerkitError(f"--profiles {printable(str(folder))[:200]}: {reason}")
+    return paths
 
 
 class ProfileStore:
@@ -48,7 +58,7 @@ class ProfileStore:
 
     def load_folder(self, folder) -> None:
         """Every ``*.yaml`` in ``folder`` (each must validate and fit the model)."""
-        for path in sorted(Path(folder).glob("*.yaml")):
+        for path in folder_profiles(folder):
             self.add(load_profile(path))
 
     def add(self, profile: Profile, replace: bool = False) -> Profile:
