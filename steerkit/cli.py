@@ -130,10 +130,12 @@ def find_command(
 def compare_command(model_a: str, model_b: str) -> None:
     """Share of neurons whose top token is the same in two models of identical shape."""
     from steerkit.atlas import atlas_for
-    from steerkit.compare import compare_atlases
+    from steerkit.compare import check_comparable, compare_atlases
     from steerkit.weights import open_weights
 
-    result = compare_atlases(atlas_for(open_weights(model_a)), atlas_for(open_weights(model_b)))
+    first, second = open_weights(model_a), open_weights(model_b)
+    check_comparable(first, second)  # before hours of atlas building on a large model
+    result = compare_atlases(atlas_for(first), atlas_for(second))
     typer.echo(f"{result.n_neurons} neurons; share keeping their top-1 token:")
     for view, share in result.same_top1.items():
         typer.echo(f"  {view:7s} {100 * share:.1f}%")

@@ -12,7 +12,7 @@ from steerkit.atlas import Atlas
 from steerkit.decode import VIEWS
 from steerkit.errors import SteerkitError
 
-__all__ = ["AtlasComparison", "compare_atlases"]
+__all__ = ["AtlasComparison", "check_comparable", "compare_atlases"]
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,16 @@ class AtlasComparison:
     same_top1: dict[str, float]  # view label -> share over all neurons
     per_layer: dict[str, list[float]]  # view label -> share per layer
     n_neurons: int
+
+
+def check_comparable(a, b) -> None:
+    """Refuse two models (weight readers) whose atlases cannot be compared, before either atlas is built."""
+    first, second = a.binding(), b.binding()
+    if (first.n_layers, first.d_ff) != (second.n_layers, second.d_ff):
+        raise SteerkitError(f"models differ in shape: {a.info.label} has {first.n_layers}x{first.d_ff} neurons, "
+                            f"{b.info.label} has {second.n_layers}x{second.d_ff}")
+    if first.vocab_sha256 != second.vocab_sha256:
+        raise SteerkitError(f"models {a.info.label} and {b.info.label} have different vocabularies")
 
 
 def compare_atlases(a: Atlas, b: Atlas) -> AtlasComparison:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -48,6 +49,14 @@ def gguf(tmp_path):
         (["serve", "--host", "0.0.0.0"], "needs --api-key"),
         (["serve", "--host", "example.org", "--api-key", "k"], "expected an IP address"),
         (["serve", "--max-queue", "0"], "--max-queue"),
+        (["serve", "--max-loaded", "0"], "--max-loaded must be 1..64"),
+        (["serve", "--profiles", "no-such-folder"], "--profiles no-such-folder: not a folder"),
+        (["generate", "hi", "--dtype", "float8"], "dtype 'float8': expected one of float32"),
+        (["generate", "hi", "--dtype", "bf16", "-r", "llama.cpp"], "llama.cpp: cannot cast the weights"),
+        (["generate", "hi", "--repetition-penalty", "0"], "repetition_penalty must be a number in [1, 100]"),
+        (["chat", "--repetition-penalty", "101"], "repetition_penalty must be a number in [1, 100]"),
+        (["steer", "dog", "hi", "--repetition-penalty", "nan"], "repetition_penalty must be a number in [1, 100]"),
+        (["discover", "dog", "--positions", "some"], "--positions: expected until, prompt, all"),
     ],
 )
 def test_bad_input_is_one_line(gguf, args, message):
@@ -57,6 +66,21 @@ def test_bad_input_is_one_line(gguf, args, message):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("error:")]
     assert len(errors) == 1 and errors[0] == lines[-1] and message in errors[0], result.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+@pytest.mark.parametrize("args", [["generate", "hi"], ["chat"], ["eval", "PROFILE"], ["serve"], ["map", "-o", "a.npz"]])
+def test_device_cuda_without_a_gpu_is_one_line(gguf, args, tmp_path):
+    from steerkit.profile import Edit, Profile, save_profile
+    from test_gguf_patch import binding_of
+
+    save_profile(Profile("dog", binding_of(gguf), [Edit(1, 5, "add", 2.0)]), tmp_path / "p.yaml")
+    args = [str(tmp_path / "p.yaml") if arg == "PROFILE" else arg for arg in args]
+    result = subprocess.run([sys.executable, "-m", "steerkit.cli", *args, "--device", "cuda", "--model", gguf],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1 and "Traceback" not in result.stderr and len(lines) == 1, result.stderr
+    assert lines[0].startswith("error:") and "no CUDA device is available" in lines[0], result.stderr
 
 
 def test_patch_checks_its_strength_before_reading_anything(gguf, tmp_path):
@@ -88,6 +112,15 @@ def test_map_neuron_find_compare(gguf, tmp_path):
     assert all(first.strip().lower().startswith("dog") for first in firsts), result.stdout
     result = run_cli("compare", gguf, gguf)
     assert result.returncode == 0 and "read+   100.0%" in result.stdout
+
+
+def test_compare_refuses_models_it_cannot_compare_in_one_line(gguf, tmp_path):
+    wider = str(save_gguf(tiny_model("llama", intermediate_size=64), tmp_path / "wider.gguf"))
+    for args, message in (((gguf, wider), "has 3x48 neurons, "), ((gguf, str(tmp_path / "none.gguf")), "none.gguf")):
+        result = run_cli("compare", *args)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode == 1 and len(lines) == 1 and message in lines[0], result.stderr
+        assert "Traceback" not in result.stderr and (message != "has 3x48 neurons, " or "has 3x64" in lines[0])
 
 
 def test_find_before_the_atlas_lists_what_it_lists_after(gguf):
@@ -188,3 +221,45 @@ def test_bad_words_fail_before_torch_or_a_model_loads():
         result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60)
         assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
         assert result.stderr.startswith("error: concept") and len(result.stderr.splitlines()) == 1, result.stderr
+
+
+def test_patch_of_two_profiles_at_a_strength_computes_the_edits_they_define(gguf, tmp_path):
+    """`patch M P Q -s 0.5`: the patched file's MLPs, run by hand from its tensors, compute what the two
+    profiles' edits define at half strength (reference: tests/reference.py, from the format); `export-cvec -s 2`
+    writes twice the adds."""
+    from gguf import GGUFReader
+
+    from reference import edited
+    from steerkit.profile import Edit, Profile, save_profile
+    from steerkit.runtimes.llamacpp.cvec import read_control_vector
+    from test_gguf_patch import binding_of
+
+    first = Profile("p", binding_of(gguf), [Edit(1, 5, "clamp", 2.0), Edit(2, 3, "scale", 0.5)])
+    second = Profile("q", binding_of(gguf), [Edit(1, 7, "add", 3.0), Edit(2, 9, "ablate")])
+    paths = [tmp_path / "p.yaml", tmp_path / "q.yaml"]
+    for profile, path in zip((first, second), paths):
+        save_profile(profile, path)
+    out = tmp_path / "out.gguf"
+    result = run_cli("patch", gguf, *map(str, paths), "-s", "0.5", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+
+    def tensors(path):
+        return {t.name: torch.tensor(np.asarray(t.data, dtype=np.float32)) for t in GGUFReader(path).tensors}
+
+    plain, patched = tensors(gguf), tensors(out)
+    x = torch.randn(6, plain["blk.0.ffn_up.weight"].shape[1], generator=torch.Generator().manual_seed(0))
+    edits = first.edits + second.edits
+    for layer in (0, 1, 2):
+        w = {part: patched[f"blk.{layer}.ffn_{part}.weight"] for part in ("gate", "up", "down")}
+        got = w["down"] @ (torch.nn.functional.silu(x @ w["gate"].T) * (x @ w["up"].T)).T
+        got = got + patched.get(f"blk.{layer}.ffn_down.bias", torch.zeros(())).reshape(-1, 1)
+        h = torch.nn.functional.silu(x @ plain[f"blk.{layer}.ffn_gate.weight"].T) * (x @ plain[f"blk.{layer}.ffn_up.weight"].T)
+        for edit in (e for e in edits if e.layer == layer):
+            h[:, edit.neuron] = edited(h[:, edit.neuron], edit, 0.5)
+        torch.testing.assert_close(got, plain[f"blk.{layer}.ffn_down.weight"] @ h.T, rtol=1e-5, atol=1e-5)
+    result = run_cli("export-cvec", str(paths[1]), "-s", "2", "-o", str(tmp_path / "q.cvec.gguf"), "--model", gguf)
+    assert result.returncode == 0, result.stderr
+    directions = read_control_vector(tmp_path / "q.cvec.gguf")
+    assert sorted(directions) == [1]  # the ablation has no vector form (listed in the output)
+    np.testing.assert_allclose(directions[1], 2 * 3.0 * plain["blk.1.ffn_down.weight"][:, 7].numpy(), rtol=1e-6)
+    assert "ablate" in result.stdout

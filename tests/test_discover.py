@@ -45,6 +45,31 @@ def test_candidates_take_the_sign_that_promotes_the_concept(planted):
     assert all(0 < c.specificity <= 1 for c in candidates[:2]) and "dog" in "".join(found[(2, 7)].tokens).lower()
 
 
+def test_candidate_scores_are_what_the_model_predicts_from_each_vector(planted):
+    """Each candidate's figures, recomputed from the model itself (its final norm and LM head on the neuron's
+    up row and down column, both signs): concept probability, specificity against the top token, score."""
+    model, reader, atlas = planted
+    concept = concept_from_word("dog", atlas.vocab)
+    candidates = rank_candidates(reader, atlas, concept, limit=6)
+
+    def predicted(vector):
+        with torch.no_grad():
+            return torch.softmax(model.lm_head(model.model.norm(vector[None, None]))[0, 0].double(), -1)
+
+    for c in candidates:
+        mlp = model.model.layers[c.layer].mlp
+        write = predicted(c.sign * mlp.down_proj.weight[:, c.neuron])
+        reads = [predicted(sign * mlp.up_proj.weight[c.neuron]) for sign in (1, -1)]
+        write_prob = float(write[list(concept.token_ids)].sum())
+        read_prob = max(float(r[list(concept.token_ids)].sum()) for r in reads)
+        specificity = min(1.0, write_prob / float(write.max()))
+        assert c.write_prob == pytest.approx(write_prob, rel=1e-4, abs=1e-7)
+        assert c.read_prob == pytest.approx(read_prob, rel=1e-4, abs=1e-7)
+        assert c.specificity == pytest.approx(specificity, rel=1e-4, abs=1e-7)
+        assert c.score == pytest.approx(write_prob * specificity * (1 + read_prob), rel=1e-3, abs=1e-7)
+    assert [c.score for c in candidates] == sorted((c.score for c in candidates), reverse=True)
+
+
 def test_rows_of_a_batch_get_their_own_plan(tmp_path):
     model = tiny_model("llama")
     binding = model_binding(model)
@@ -102,11 +127,29 @@ class _Tokenizer:
 def test_measurements_on_a_tiny_model():
     model, tokenizer = tiny_model("llama"), _Tokenizer()
     scale = activation_scale(model, tokenizer, "some reference text")
-    assert scale.shape == (3, 48) and (scale >= 0).all() and scale.max() > 0
+    # Reference: each MLP's input as transformers passes it, and h = act(gate x) * up x computed by hand.
+    inputs = {}
+    handles = [layer.mlp.register_forward_hook(lambda m, args, out, k=k: inputs.__setitem__(k, args[0]))
+               for k, layer in enumerate(model.model.layers)]
+    with torch.no_grad():
+        model(tokenizer("some reference text", return_tensors="pt").input_ids)
+    for handle in handles:
+        handle.remove()
+    for k, layer in enumerate(model.model.layers):
+        mlp, x = layer.mlp, inputs[k][0]
+        h = torch.nn.functional.silu(x @ mlp.gate_proj.weight.T) * (x @ mlp.up_proj.weight.T)
+        np.testing.assert_allclose(scale[k], h.detach().abs().amax(0).numpy(), rtol=1e-5, atol=1e-7)
     binding = model_binding(model)
     plan = compile_plan([Profile("a", binding, [Edit(2, 9, "add", 50.0)], positions="prompt")])
     answers = generate_rows(model, tokenizer, ["hi", "hello there"], [None, plan], 4, batch_size=3)
     assert len(answers) == 2 and all(len(row) == 2 for row in answers)
+    # Prompt-position edits under left padding (discovery batches prompts of different lengths): each row of a
+    # batch answers as that prompt alone, and the edit is seen (the steered answers differ from the plain ones).
+    prompts = ["hi", "hello there", "a much longer prompt than the others"]
+    batched = generate_rows(model, tokenizer, prompts, [None, plan], 6, batch_size=6)
+    alone = [generate_rows(model, tokenizer, [p], [None, plan], 6, batch_size=1) for p in prompts]
+    assert all(batched[r][k] == alone[k][r][0] for r in range(2) for k in range(3))  # [plan][prompt]
+    assert batched[0] != batched[1]
     nll = answer_nll(model, tokenizer, ["hi", "hello"], ["abc", "de"])
     assert len(nll) == 2 and all(v > 0 for v in nll)
 

@@ -37,6 +37,25 @@ def test_generate_greedy_is_the_library_answer_and_seeds_reproduce():
     assert runs[0].stdout == runs[1].stdout != runs[2].stdout  # a seed reproduces its answer; another seed differs
 
 
+def test_generate_options_reach_the_runtime():
+    """`--dtype bfloat16 --runtime hf --repetition-penalty 1.5 --greedy`: the same answer as the library with those
+    settings, and the penalty changes what a 24-token answer says."""
+    import torch
+
+    import steerkit
+    from steerkit.sampling import Sampling
+
+    args = ("generate", QUESTION, "-n", "24", "--greedy", "--runtime", "hf", "--dtype", "bfloat16")
+    penalised, plain = _cli(*args, "--repetition-penalty", "1.5"), _cli(*args)
+    assert penalised.returncode == plain.returncode == 0, penalised.stderr + plain.stderr
+    assert "runtime: hf" in penalised.stderr
+    backend = steerkit.load_backend(runtime="hf", dtype="bfloat16")
+    assert next(backend.model.parameters()).dtype == torch.bfloat16
+    library = backend.generate([QUESTION], max_new_tokens=24, sampling=Sampling(repetition_penalty=1.5))[0][0]
+    assert penalised.stdout.strip() == library.strip()
+    assert penalised.stdout != plain.stdout
+
+
 def _read_until(fd: int, marker: str, timeout: float = 120) -> str:
     """Terminal output up to and including ``marker`` (the chat's prompt)."""
     seen, deadline = "", time.monotonic() + timeout
