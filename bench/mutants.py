@@ -84,6 +84,24 @@ MUTANTS: dict[str, tuple[str, str, str, list[str]]] = {
     "sampling: repetition penalty rewards repeats": (
         "steerkit/sampling.py", "np.where(values > 0, values / penalty, values * penalty)",
         "np.where(values > 0, values * penalty, values / penalty)", ["tests/test_hf_runtime.py", "tests/test_api.py"]),
+    "post-norm fit: gain fitted on uncentred values": (
+        "runtimes/hf/post_norm_fit.py", "plain_c, exact_c = plain - plain.mean(0), exact - exact.mean(0)",
+        "plain_c, exact_c = plain, exact", ["tests/test_post_norm_fit.py"]),
+    "atlas page: every view shows the first view's probability": (
+        "steerkit/atlas_html.py", "round(float(atlas.probs[layer, neuron, v, 0]), 4)",
+        "round(float(atlas.probs[layer, neuron, 0, 0]), 4)", ["tests/test_atlas.py"]),
+    "eval plot: bars of the rows in reverse order": (
+        "steerkit/evaluate.py", "values = [getattr(row.summary, key) for row in report.rows]",
+        "values = [getattr(row.summary, key) for row in reversed(report.rows)]", ["tests/test_scoring.py"]),
+    "profile: a scale ignores the strength": (
+        "steerkit/profile.py", "return 1.0 + strength * (self.value - 1.0), 0.0", "return self.value, 0.0",
+        ["tests/test_profile.py", "tests/test_cli.py"]),
+    "candidates: specificity against the other sign's top token": (
+        "steerkit/candidates.py", "np.take_along_axis(atlas.probs[:, :, :, 0], write_view[..., None], axis=2)",
+        "np.take_along_axis(atlas.probs[:, :, :, 0], (5 - write_view)[..., None], axis=2)", ["tests/test_discover.py"]),
+    "activation scale: mean instead of peak": (
+        "runtimes/hf/measure.py", "args[0].detach().abs().flatten(0, -2).amax(dim=0)",
+        "args[0].detach().abs().flatten(0, -2).mean(dim=0)", ["tests/test_discover.py"]),
     "profile: YAML aliases accepted": (
         "steerkit/profile.py", 'if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:',
         "if False:", ["tests/test_hostile_files.py", "tests/test_profile.py"]),
