@@ -54,6 +54,15 @@ def test_readme_status_matches_the_recorded_benches():
         assert figures["profile"] > figures["mean-difference"] and figures["prompting+profile"] > figures["prompting"]
 
 
+def test_readme_all_positions_claim_matches_the_recorded_bench():
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    every = _figures(_records("concepts-all-positions"))
+    stated = (f"which steer less well (six words: mention {every['mention']:.0%}, combined {every['profile']:.3f} vs "
+              f"{every['prompting']:.3f} for prompting)")
+    assert every["n"] == 6 and stated.replace("%", " %") in readme, stated
+    assert every["profile"] < _figures(_records())["profile"]  # "less well" than the default mode
+
+
 def test_measurements_table_is_the_bench_table():
     table = (ROOT / "bench" / "results" / "concepts.md").read_text()
     assert table.strip() in (ROOT / "docs" / "measurements.md").read_text()
