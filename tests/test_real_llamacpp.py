@@ -37,6 +37,20 @@ EDITS = {
     "add": [Edit(29, 808, "add", 12.0), Edit(15, 1000, "add", -4.0)],
 }
 
+# Bounds on how far a patched file may be from the hooks: the figures measured (docs/measurements.md) plus a
+# stated margin. The measure's own noise is what the F32 copy shows, where both runtimes compute with the same
+# weights: there the four ops' KL ratios to the unpatched baseline spread 0.91-1.17, so a ratio is read to
+# within NOISE = 0.17, and each bound is the largest ratio measured plus that.
+NOISE = 0.17
+Q4_RATIO = 1.09 + NOISE  # SmolLM2 Q4_1: clamp 1.09, scale 1.09, ablate 1.06, add 1.02
+F32_RATIO = 1.17 + NOISE  # the F32 copy: 0.91-1.17
+GEMMA_RATIO = 1.12 + NOISE  # Gemma 3 Q4_K_M, 192 neurons: scale 1.12, ablate 1.05
+PROMPT_VECTOR_RATIO = 0.44 + NOISE  # the japan profile's prompt-position vector: 0.44
+UNTIL_RATIO = 1.26 + NOISE  # the until-release, per text: 1.08 and 1.26 (checked on both texts pooled)
+# The Gemma stand-in is an approximation with an error of its own: 0.0263 in llama.cpp (the file states 0.0249,
+# measured in transformers); allowed: that plus twice the unpatched runtimes' disagreement (0.0043).
+STAND_IN_KL = 0.026
+
 
 def kl_per_position(p_logits: np.ndarray, q_logits: np.ndarray) -> np.ndarray:
     p = torch.log_softmax(torch.from_numpy(p_logits), -1)
@@ -89,7 +103,7 @@ def test_patched_gguf_matches_hf_hooks(setup, baseline, op, tmp_path):
     moved, _ = compare(steered_hf, hf_logits(model, ids))
     print(f"{op}: KL {kl:.4f} (baseline {base_kl:.4f}, ratio {kl / base_kl:.2f}), top-1 {top1:.3f} "
           f"(baseline {base_top1:.3f}), the edit itself moves KL {moved:.3f}")
-    assert kl <= 1.5 * base_kl
+    assert kl <= Q4_RATIO * base_kl
     assert top1 >= base_top1 - 0.03
     assert moved > 2 * kl  # the check can see the edit: it moves far more than the runtimes disagree
 
@@ -119,7 +133,7 @@ def test_patch_is_exact_on_f32_weights(setup, f32_copy, op, tmp_path):
     moved, _ = compare(steered_hf, hf_logits(model, ids))
     print(f"f32 {op}: KL {kl:.2e} (baseline {base_kl:.2e}, ratio {kl / base_kl:.2f}), top-1 {top1:.4f} "
           f"(baseline {base_top1:.4f}), the edit itself moves KL {moved:.3f}")
-    assert kl <= 1.5 * base_kl and top1 >= 0.98 and moved > 1000 * kl
+    assert kl <= F32_RATIO * base_kl and top1 >= 0.98 and moved > 1000 * kl
 
 
 def test_patched_dog_answer_in_llama_cpp(tmp_path):
@@ -195,7 +209,7 @@ def test_gemma3_scale_and_ablate_parity(op, tmp_path):
     moved, _ = compare(steered_hf, hf_logits(model, ids))
     print(f"gemma3 {op}: KL {kl:.4f} (baseline {base_kl:.4f}, ratio {kl / base_kl:.2f}), top-1 {top1:.3f} "
           f"(baseline {base_top1:.3f}), the edit itself moves KL {moved:.3f}")
-    assert kl <= 1.5 * base_kl and top1 >= base_top1 - 0.03 and moved > 2 * kl
+    assert kl <= GEMMA_RATIO * base_kl and top1 >= base_top1 - 0.03 and moved > 2 * kl
 
 
 def test_gemma3_clamp_approximation_figure(tmp_path):
@@ -222,11 +236,12 @@ def test_gemma3_clamp_approximation_figure(tmp_path):
     print(f"gemma3 clamp stand-in: KL {kl:.4f} vs HF hooks (baseline {base_kl:.4f}, ratio {kl / base_kl:.1f}), "
           f"top-1 {top1:.3f} (baseline {base_top1:.3f}); the exact edit moves KL {moved:.3f}")
     # Measured: 0.026 / 91.6 % (the offsets alone, unfitted: KL 2.73 / 39 %, i.e. nothing of the edit).
-    assert kl < 0.05 * moved and top1 >= 0.85
+    assert kl <= STAND_IN_KL + 2 * base_kl and top1 >= 0.9
     note = embedded_profile(GGUFWeights(report.output))["approximation"]
     assert note == report.approximation and "APPROXIMATION" in note and report.control_vector.name in note
     stated = float(re.search(r"mean KL per position ([0-9.]+)", note).group(1))
-    assert stated < 0.05 * moved and kl < 3 * stated + base_kl  # the file's own figure is the right size
+    print(f"gemma3 clamp stand-in: the file states KL {stated}")
+    assert abs(kl - stated) <= 2 * base_kl  # the file's own figure is what llama.cpp shows, within the runtimes' noise
 
 
 def test_gemma3_export_cvec_fitted_offsets(tmp_path):
@@ -249,8 +264,8 @@ def test_gemma3_export_cvec_fitted_offsets(tmp_path):
     moved, _ = compare(steered_hf, hf_logits(model, ids))
     print(f"gemma3 export-cvec: plain KL {results['plain'][0]:.3f} / top-1 {results['plain'][1]:.3f}, fitted KL "
           f"{results['fitted'][0]:.3f} / top-1 {results['fitted'][1]:.3f}; the exact edit moves KL {moved:.3f}")
-    # Measured: plain 2.71 / 40 %, fitted 0.44 / 66 %.
-    assert results["fitted"][0] < 0.3 * results["plain"][0] and results["fitted"][0] < 0.3 * moved
+    # Measured: plain 2.71 / 40 %, fitted 0.44 / 66 % (0.16 of the plain vector's and of the edit's KL; allowed 0.25).
+    assert results["fitted"][0] < 0.25 * results["plain"][0] and results["fitted"][0] < 0.25 * moved
 
 
 _CACHE: dict = {}
@@ -296,7 +311,7 @@ def test_prompt_position_profile_matches_hf_in_llama_cpp(setup, baseline):
     base_kl, base_top1 = baseline
     print(f"prompt-position japan profile: KL {kl:.4f} (baseline {base_kl:.4f}, ratio {kl / base_kl:.2f}), "
           f"top-1 {top1:.3f} (baseline {base_top1:.3f}), the edit moves KL {moved:.3f}")
-    assert kl <= 1.5 * base_kl and top1 >= base_top1 - 0.03 and moved > 2 * kl
+    assert kl <= PROMPT_VECTOR_RATIO * base_kl and top1 >= base_top1 - 0.03 and moved > 2 * kl
     # The vector is cleared after the prompt: decoding the same tokens again unsteered gives the plain logits.
     np.testing.assert_allclose(cpp.logits(ids[0]), LlamaCppModel(resolve_model().path).logits(ids[0]), atol=1e-4)
 
@@ -319,6 +334,7 @@ def test_until_profile_is_released_at_the_same_token_in_both_runtimes(setup, bas
              ("Write a line about the sea.", " The waves roll in and the gulls cry out over the grey water.")]
     cpp = LlamaCppModel(resolve_model().path)
     weights = GGUFWeights(resolve_model().path)
+    pooled = []
     for prompt, rest in pairs:
         prompt_ids = tokenizer(prompt).input_ids
         rest_ids = tokenizer(rest, add_special_tokens=False).input_ids
@@ -334,7 +350,9 @@ def test_until_profile_is_released_at_the_same_token_in_both_runtimes(setup, bas
             outputs[name] = (hf, cpp.logits_steered(prompt_ids, rest_ids, vector_steering(weights, plan)))
         kl, top1 = compare([outputs["until"][0]], [outputs["until"][1]])
         base_kl, _ = baseline
-        assert kl <= 1.5 * base_kl and top1 >= 0.9, (prompt, kl, top1)
+        print(f"until profile, {prompt!r}: KL {kl:.4f} (baseline {base_kl:.4f}, ratio {kl / base_kl:.2f}), top-1 {top1:.3f}")
+        assert top1 >= 0.9, (prompt, kl, top1)
+        pooled.append(outputs["until"])
         named = next((k for k in range(len(rest_ids)) if named_so_far("dog", tokenizer.decode(rest_ids[:k + 1]))), None)
         for hf_or_cpp in (0, 1):
             until, steered_always = outputs["until"][hf_or_cpp], outputs["always"][hf_or_cpp]
@@ -343,6 +361,8 @@ def test_until_profile_is_released_at_the_same_token_in_both_runtimes(setup, bas
             np.testing.assert_allclose(until[:start], steered_always[:start], atol=1e-3)
             if named is not None:
                 assert np.abs(until[start:] - steered_always[start:]).max() > 0.1
+    kl, _ = compare([hf for hf, _ in pooled], [cpp_logits for _, cpp_logits in pooled])
+    assert kl <= UNTIL_RATIO * baseline[0], kl
 
 
 def test_discovered_dog_profile_answers_in_llama_cpp():
