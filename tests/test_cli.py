@@ -83,6 +83,18 @@ def test_device_cuda_without_a_gpu_is_one_line(gguf, args, tmp_path):
     assert lines[0].startswith("error:") and "no CUDA device is available" in lines[0], result.stderr
 
 
+def test_eval_counts_the_concept_it_is_given(gguf, tmp_path):
+    """`eval --concept WORD` scores WORD instead of the profile's own concept: a word the model lacks is refused."""
+    from steerkit.profile import Edit, Profile, save_profile
+    from test_gguf_patch import binding_of
+
+    save_profile(Profile("dog", binding_of(gguf), [Edit(1, 5, "add", 2.0)]), tmp_path / "p.yaml")
+    result = run_cli("eval", str(tmp_path / "p.yaml"), "--concept", "zebra", "--model", gguf, "-o", str(tmp_path / "e.json"))
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1 and lines == [lines[-1]] and "concept 'zebra' is absent" in lines[-1], result.stderr
+    assert not (tmp_path / "e.json").exists()
+
+
 def test_patch_checks_its_strength_before_reading_anything(gguf, tmp_path):
     result = run_cli("patch", gguf, "missing.yaml", "-o", str(tmp_path / "out.gguf"), "-s", "inf")
     assert result.returncode == 1 and result.stderr.startswith("error: strength must be a finite number"), result.stderr
@@ -171,6 +183,8 @@ def test_patch_inspect_export_cvec(gguf, tmp_path):
     assert "patched by steerkit" in result.stdout and "op: clamp" in result.stdout
     result = run_cli("patch", str(out), str(profile), "-o", str(tmp_path / "again.gguf"))
     assert result.returncode == 1 and "already patched" in result.stderr and not (tmp_path / "again.gguf").exists()
+    result = run_cli("patch", str(out), str(profile), "-o", str(tmp_path / "again.gguf"), "--allow-repatch")
+    assert result.returncode == 0 and (tmp_path / "again.gguf").is_file(), result.stderr
     result = run_cli("export-cvec", str(profile), "-o", str(tmp_path / "v.gguf"), "--model", gguf)
     assert result.returncode == 0 and "layers [1]" in result.stdout and "approximation" in result.stdout
     result = run_cli("patch", gguf, str(profile), "-o", str(tmp_path / "nodir" / "x.gguf"))
