@@ -277,3 +277,26 @@ def test_patch_of_two_profiles_at_a_strength_computes_the_edits_they_define(gguf
     assert sorted(directions) == [1]  # the ablation has no vector form (listed in the output)
     np.testing.assert_allclose(directions[1], 2 * 3.0 * plain["blk.1.ffn_down.weight"][:, 7].numpy(), rtol=1e-6)
     assert "ablate" in result.stdout
+
+
+def test_discover_force_writes_what_it_would_refuse(gguf, tmp_path, monkeypatch):
+    """Without --force, a discovery that moved nothing exits 1 and writes nothing; with it, the profile is
+    written. (The discovery itself is scripted: the tiny GGUF cannot generate.)"""
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    import steerkit.api
+    from steerkit.cli import app
+    from steerkit.profile import Edit, Profile, load_profile
+    from test_gguf_patch import binding_of
+
+    profile = Profile("dog", binding_of(gguf), [Edit(1, 5, "add", 2.0)])
+    found = SimpleNamespace(moved=False, profile=profile, failure=lambda: "nothing inside the budget moved 'dog'")
+    monkeypatch.setattr(steerkit.api, "discover", lambda *args, **kwargs: found)
+    out = tmp_path / "dog.yaml"
+    refused = CliRunner().invoke(app, ["discover", "dog", "--model", gguf, "-o", str(out), "--quiet"])
+    assert refused.exit_code == 1 and not out.exists()
+    assert "nothing inside the budget moved 'dog'" in str(refused.exception)  # main() prints it as one error: line
+    forced = CliRunner().invoke(app, ["discover", "dog", "--model", gguf, "-o", str(out), "--quiet", "--force"])
+    assert forced.exit_code == 0 and load_profile(out).edits == profile.edits, forced.output
