@@ -163,8 +163,17 @@ class Backend(ABC):
         raise SteerkitError(f"the {self.name} backend cannot measure the residual stream")
 
 
-#: The weight dtypes a backend may be asked for, by name (float32 is the default and asks for nothing).
-DTYPES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
+#: The weight dtypes a backend may be asked for: each name and the torch dtype it means.
+DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+          "float16": "float16", "fp16": "float16"}
+
+
+def check_dtype(dtype: str) -> str:
+    """The torch dtype name ``dtype`` stands for; anything else is refused in one line."""
+    if dtype not in DTYPES:
+        raise SteerkitError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
 
 # What a missing capability means, for the one-line refusal.
 _CANNOT = {"batches_rows": "batch rows", "measures_activations": "measure activations",
@@ -219,9 +228,7 @@ def load_backend(model: str | ModelSource | None = None, runtime: str | None = N
     """
     from steerkit.sources import resolve_model
 
-    if dtype not in DTYPES:
-        raise SteerkitError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
-    if dtype not in ("float32", "fp32"):
+    if check_dtype(dtype) != "float32":  # float32 is the default and asks for nothing
         needs = (*needs, "casts_weights")
     source = model if isinstance(model, ModelSource) else resolve_model(model)
     return choose_backend(source, runtime, device, needs).load(source, device, dtype)

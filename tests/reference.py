@@ -22,6 +22,12 @@ def edited(h, edit, strength=1.0):
     return h * (1 - strength)
 
 
+def activations(x, gate, up):
+    """A llama-family MLP's neuron activations ``h = silu(gate x) * up x`` for rows ``x``, from plain weight
+    matrices ``[d_ff, d_model]`` (what ``down_proj`` then reads)."""
+    return torch.nn.functional.silu(x @ gate.T) * (x @ up.T)
+
+
 @contextlib.contextmanager
 def manual_edit(model, edits, strength=1.0, mask_fn=None):
     """Reference: replace each edited MLP's forward with a hand-written one that edits h."""

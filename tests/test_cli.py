@@ -243,7 +243,7 @@ def test_patch_of_two_profiles_at_a_strength_computes_the_edits_they_define(gguf
     writes twice the adds."""
     from gguf import GGUFReader
 
-    from reference import edited
+    from reference import activations, edited
     from steerkit.profile import Edit, Profile, save_profile
     from steerkit.runtimes.llamacpp.cvec import read_control_vector
     from test_gguf_patch import binding_of
@@ -264,13 +264,14 @@ def test_patch_of_two_profiles_at_a_strength_computes_the_edits_they_define(gguf
     x = torch.randn(6, plain["blk.0.ffn_up.weight"].shape[1], generator=torch.Generator().manual_seed(0))
     edits = first.edits + second.edits
     for layer in (0, 1, 2):
-        w = {part: patched[f"blk.{layer}.ffn_{part}.weight"] for part in ("gate", "up", "down")}
-        got = w["down"] @ (torch.nn.functional.silu(x @ w["gate"].T) * (x @ w["up"].T)).T
+        plain_w, patched_w = ({part: t[f"blk.{layer}.ffn_{part}.weight"] for part in ("gate", "up", "down")}
+                              for t in (plain, patched))
+        got = patched_w["down"] @ activations(x, patched_w["gate"], patched_w["up"]).T
         got = got + patched.get(f"blk.{layer}.ffn_down.bias", torch.zeros(())).reshape(-1, 1)
-        h = torch.nn.functional.silu(x @ plain[f"blk.{layer}.ffn_gate.weight"].T) * (x @ plain[f"blk.{layer}.ffn_up.weight"].T)
+        h = activations(x, plain_w["gate"], plain_w["up"])
         for edit in (e for e in edits if e.layer == layer):
             h[:, edit.neuron] = edited(h[:, edit.neuron], edit, 0.5)
-        torch.testing.assert_close(got, plain[f"blk.{layer}.ffn_down.weight"] @ h.T, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got, plain_w["down"] @ h.T, rtol=1e-5, atol=1e-5)
     result = run_cli("export-cvec", str(paths[1]), "-s", "2", "-o", str(tmp_path / "q.cvec.gguf"), "--model", gguf)
     assert result.returncode == 0, result.stderr
     directions = read_control_vector(tmp_path / "q.cvec.gguf")

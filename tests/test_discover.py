@@ -18,6 +18,7 @@ from steerkit.metrics import AnswerStats
 from steerkit.plan import compile_plan
 from steerkit.profile import Edit, Profile, dump_profile, parse_profile
 from steerkit.weights import open_weights
+from reference import activations
 from tiny_models import save_gguf, tiny_model
 
 
@@ -57,8 +58,8 @@ def test_candidate_scores_are_what_the_model_predicts_from_each_vector(planted):
     # "dog": the best six, planted ones among them; "cat": every neuron past layer 0 (layer 0 is ranked last,
     # never chosen), most of them with another top token.
     every = (reader.info.n_layers - 1) * reader.info.d_ff
-    ranked = [(concept_from_word(word, atlas.vocab), rank_candidates(reader, atlas, concept_from_word(word, atlas.vocab),
-                                                                     limit=limit)) for word, limit in (("dog", 6), ("cat", every))]
+    concepts = [(concept_from_word(word, atlas.vocab), limit) for word, limit in (("dog", 6), ("cat", every))]
+    ranked = [(concept, rank_candidates(reader, atlas, concept, limit=limit)) for concept, limit in concepts]
     assert any(c.specificity < 0.9 for _, candidates in ranked for c in candidates)  # the min(1, ...) does not hide it
     for concept, c in ((concept, c) for concept, candidates in ranked for c in candidates):
         mlp = model.model.layers[c.layer].mlp
@@ -142,7 +143,7 @@ def test_measurements_on_a_tiny_model():
         handle.remove()
     for k, layer in enumerate(model.model.layers):
         mlp, x = layer.mlp, inputs[k][0]
-        h = torch.nn.functional.silu(x @ mlp.gate_proj.weight.T) * (x @ mlp.up_proj.weight.T)
+        h = activations(x, mlp.gate_proj.weight, mlp.up_proj.weight)
         np.testing.assert_allclose(scale[k], h.detach().abs().amax(0).numpy(), rtol=1e-5, atol=1e-7)
     binding = model_binding(model)
     plan = compile_plan([Profile("a", binding, [Edit(2, 9, "add", 50.0)], positions="prompt")])

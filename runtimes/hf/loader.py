@@ -17,16 +17,13 @@ import torch
 from steerkit.cache import cache_dir, publish_dir, temporary_dir
 from steerkit.errors import SteerkitError
 from steerkit.fingerprint import file_sha256
+from steerkit.runtimes.base import check_dtype
 from steerkit.sources import ModelSource, resolve_model
 from steerkit.version import __version__
 
 __all__ = ["hf_folder", "load_model"]
 
 CONVERSION_FORMAT = 1  # bump when how a GGUF is converted for transformers changes
-
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
-
 
 def _convert_gguf(source: ModelSource, target: Path) -> None:
     from safetensors.torch import save_file
@@ -72,12 +69,11 @@ def load_model(model: str | ModelSource | None = None, dtype: str = "float32", d
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if dtype not in _DTYPES:
-        raise SteerkitError(f"dtype {dtype!r}: expected one of {', '.join(_DTYPES)}")
+    torch_dtype = getattr(torch, check_dtype(dtype))
     folder = hf_folder(model)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     kwargs = {"device_map": device_map} if device_map else {}
-    loaded = AutoModelForCausalLM.from_pretrained(folder, dtype=_DTYPES[dtype], **kwargs)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, **kwargs)
     if not device_map:
         loaded = loaded.to(device)
     return loaded.eval(), tokenizer

@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException
 
 from steerkit.errors import SteerkitError
 from steerkit.plan import compile_plan
-from steerkit.profile import parse_profile
+from steerkit.profile import load_profile, parse_profile
 from steerkit.prompts import RawText
 from steerkit.runtimes.base import Backend
 from steerkit.sampling import check_max_tokens
@@ -327,16 +327,16 @@ def serve(model: str | None = None, runtime: str | None = None, profiles_folder=
     source = resolve_model(model)
     if not 1 <= max_loaded <= 64:
         raise SteerkitError("--max-loaded must be 1..64")
-    if profiles_folder is not None:
-        folder_profiles(profiles_folder)  # a wrong path is refused before the model loads
+    # A folder's profiles are read (a wrong path or a bad file refused) before the model loads.
+    extra = [load_profile(path) for path in folder_profiles(profiles_folder)] if profiles_folder is not None else []
     backend = load_backend(source, runtime, device, dtype)
     if hasattr(backend, "max_loaded"):  # backends that keep patched copies loaded
         backend.max_loaded = max_loaded
     model_id = source.name if source.name in EMBEDDED_MODELS else source.path.stem
     state = ServerState(backend, model_id, max_queue, api_key, source)
     state.profiles.load_shipped()
-    if profiles_folder is not None:
-        state.profiles.load_folder(profiles_folder)
+    for profile in extra:
+        state.profiles.add(profile)
     log(f"serving {state.model_id} on http://{host}:{port} (runtime {backend.name}; "
         f"{len(state.profiles.names())} profiles; models {state.model_id}+PROFILE[@STRENGTH])")
     config = uvicorn.Config(create_app(state), host=host, port=port, log_level="warning",

@@ -56,11 +56,6 @@ class ProfileStore:
                 if name in summary:
                     self._figures[name] = {k: v for k, v in summary[name].items() if k.startswith(("mention", "nll"))}
 
-    def load_folder(self, folder) -> None:
-        """Every ``*.yaml`` in ``folder`` (each must validate and fit the model)."""
-        for path in folder_profiles(folder):
-            self.add(load_profile(path))
-
     def add(self, profile: Profile, replace: bool = False) -> Profile:
         if not NAME.match(profile.name):
             raise SteerkitError(f"profile name {profile.name[:70]!r}: expected 1-64 letters, digits, '-', '_' or '.'")
