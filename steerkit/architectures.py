@@ -17,6 +17,13 @@ transformers' modelling code):
   residual add, so a constant added after the MLP is not a clamped neuron.
 * llama.cpp's llama-family graphs load an optional ``blk.N.ffn_down.bias``;
   gemma graphs refuse unknown tensors.
+* Mixture-of-experts families (:class:`ExpertLayout`) keep one SwiGLU MLP per
+  expert.  transformers fuses them in memory (``mlp.experts.gate_up_proj``
+  ``[E, 2*d_ff, d]``, gate first, and ``down_proj`` ``[E, d, d_ff]``) but saves
+  and loads the per-expert layout below; llama.cpp stacks them into
+  ``blk.N.ffn_{gate,up,down}_exps`` (Mixtral converts to ``llama`` with
+  ``llama.expert_count`` set).  A neuron is (layer, expert, index); inside
+  steerkit its flat index is ``expert * d_ff + index``.
 """
 
 from __future__ import annotations
@@ -25,7 +32,19 @@ from dataclasses import dataclass
 
 from steerkit.errors import SteerkitError
 
-__all__ = ["ArchSpec", "ARCHITECTURES", "arch_for_gguf", "arch_for_hf"]
+__all__ = ["ArchSpec", "ExpertLayout", "ARCHITECTURES", "arch_for_gguf", "arch_for_hf"]
+
+
+@dataclass(frozen=True)
+class ExpertLayout:
+    """Where a mixture-of-experts family keeps its experts."""
+
+    count_keys: tuple[str, ...]  # config.json fields that may hold the number of experts (first present wins)
+    width_key: str  # config.json field: neurons per expert
+    # One expert's saved tensors: prefix (with {layer} and {expert}) and the gate, up and down names.
+    hf_prefix: str
+    hf_names: tuple[str, str, str]
+    gguf_width_key: str  # GGUF metadata key suffix holding the expert width
 
 
 @dataclass(frozen=True)
@@ -42,6 +61,7 @@ class ArchSpec:
     llama_cpp_ffn_down_bias: bool  # llama.cpp loads blk.N.ffn_down.bias
     # Hugging Face module path of one decoder layer's MLP.
     hf_mlp_path: str = "model.layers.{layer}.mlp"
+    experts: ExpertLayout | None = None  # set for mixture-of-experts families
 
 
 ARCHITECTURES: tuple[ArchSpec, ...] = (
@@ -51,16 +71,32 @@ ARCHITECTURES: tuple[ArchSpec, ...] = (
     ArchSpec("qwen3", ("qwen3",), ("qwen3",), "silu", 0.0, False, False, True),
     ArchSpec("gemma2", ("gemma2",), ("gemma2",), "gelu_tanh", 1.0, True, True, False),
     ArchSpec("gemma3", ("gemma3",), ("gemma3_text", "gemma3"), "gelu_tanh", 1.0, True, True, False),
+    # Mixture of experts.  llama.cpp's MoE graphs load no per-expert bias, so clamp/add cannot be baked there.
+    ArchSpec("mixtral", (), ("mixtral",), "silu", 0.0, False, False, False,
+             experts=ExpertLayout(("num_local_experts",), "intermediate_size",
+                                  "model.layers.{layer}.block_sparse_moe.experts.{expert}", ("w1", "w3", "w2"),
+                                  "feed_forward_length")),
+    ArchSpec("qwen3moe", ("qwen3moe",), ("qwen3_moe",), "silu", 0.0, False, False, False,
+             # transformers 5 saves the expert count as num_local_experts; Qwen's own files say num_experts.
+             experts=ExpertLayout(("num_experts", "num_local_experts"), "moe_intermediate_size",
+                                  "model.layers.{layer}.mlp.experts.{expert}", ("gate_proj", "up_proj", "down_proj"),
+                                  "expert_feed_forward_length")),
 )
+
+#: llama.cpp converts Mixtral to ``general.architecture = llama`` with ``llama.expert_count`` set.
+GGUF_MOE_ALIASES = {"llama": "mixtral"}
 
 _SUPPORTED = ", ".join(a.name for a in ARCHITECTURES)
 
 
-def arch_for_gguf(name: str, where: str) -> ArchSpec:
-    """Return the spec for a GGUF ``general.architecture`` value.
+def arch_for_gguf(name: str, where: str, experts: bool = False) -> ArchSpec:
+    """Return the spec for a GGUF ``general.architecture`` value (``experts``: the file has ``expert_count`` > 1).
 
     ``where`` names the file, for the error message.
     """
+    if experts and name in GGUF_MOE_ALIASES:
+        name = GGUF_MOE_ALIASES[name]
+        return next(a for a in ARCHITECTURES if a.name == name)
     for arch in ARCHITECTURES:
         if name in arch.gguf_names:
             return arch

@@ -13,12 +13,13 @@ array         shape / dtype                   meaning
 ``format``    str                             ``"steerkit-atlas/1"``
 ``meta``      str (JSON)                      model label, fingerprint, arch, shapes, k, version
 ``vocab``     str (JSON list)                 token strings, index = token id
-``token_ids`` int32 ``[layers, d_ff, 4, k]``  top tokens per view, best first
-``probs``     float32 ``[layers, d_ff, 4, k]`` their probabilities
-``lse``       float32 ``[layers, d_ff, 4]``   log-sum-exp of each view's logits
+``token_ids`` int32 ``[layers, n, 4, k]``     top tokens per view, best first
+``probs``     float32 ``[layers, n, 4, k]``    their probabilities
+``lse``       float32 ``[layers, n, 4]``      log-sum-exp of each view's logits
 ============  ==============================  ==========================================
 
-View axis order: ``read+``, ``read-``, ``write+``, ``write-``.  The
+``n`` is ``d_ff``, or ``experts * d_ff`` in a mixture of experts (flat index
+``expert * d_ff + i``; ``meta`` records ``n_experts``).  View axis order: ``read+``, ``read-``, ``write+``, ``write-``.  The
 log-probability of token ``t`` in view ``(side, sign)`` is
 ``sign * (U[t] . rmsnorm(w_side)) - lse``.
 
@@ -70,7 +71,8 @@ class Atlas:
         return self.token_ids.shape[0]
 
     @property
-    def d_ff(self) -> int:
+    def neurons(self) -> int:
+        """Neurons per layer (``d_ff``; times the experts in a mixture of experts, flat index ``e * d_ff + i``)."""
         return self.token_ids.shape[1]
 
     def save(self, path: str | Path) -> None:
@@ -266,9 +268,9 @@ def build_atlas(reader: WeightReader, top_k: int = 10, progress: bool = True, de
     gain = torch.from_numpy(reader.norm_gain()).to(device)
     unembedding_t = torch.from_numpy(reader.unembedding()).T.contiguous().to(device)
     fast = unembedding_t.to(precision.dtype) if precision.dtype != torch.float32 else None
-    token_ids = np.empty((info.n_layers, info.d_ff, len(VIEWS), top_k), dtype=np.int32)
-    probs = np.empty((info.n_layers, info.d_ff, len(VIEWS), top_k), dtype=np.float32)
-    lse = np.empty((info.n_layers, info.d_ff, len(VIEWS)), dtype=np.float32)
+    token_ids = np.empty((info.n_layers, info.neurons, len(VIEWS), top_k), dtype=np.int32)
+    probs = np.empty((info.n_layers, info.neurons, len(VIEWS), top_k), dtype=np.float32)
+    lse = np.empty((info.n_layers, info.neurons, len(VIEWS)), dtype=np.float32)
     started = time.perf_counter()
     # leave=False: on an error the bar is cleared, so the one-line error message is the last thing shown.
     with tqdm(total=info.n_layers * len(SIDES), desc=f"atlas {info.label} ({precision.label}, {device})",
@@ -286,6 +288,7 @@ def build_atlas(reader: WeightReader, top_k: int = 10, progress: bool = True, de
         "n_layers": info.n_layers,
         "d_model": info.d_model,
         "d_ff": info.d_ff,
+        "n_experts": info.n_experts,
         "vocab_size": info.vocab_size,
         "top_k": top_k,
         "views": [v.label for v in VIEWS],

@@ -124,17 +124,20 @@ def write_atlas_html(atlas: Atlas, path: str | Path) -> Path:
     display_token = token_display(atlas.vocab)
     vocab = [display_token(atlas.vocab[int(i)]) for i in used]
     data = []
+    d_ff, experts = int(atlas.meta["d_ff"]), int(atlas.meta.get("n_experts", 1))
     for layer in range(atlas.n_layers):
-        for neuron in range(atlas.d_ff):
+        for neuron in range(atlas.neurons):
             views = [
                 [[remap[int(i)] for i in shown[layer, neuron, v]], round(float(atlas.probs[layer, neuron, v, 0]), 4)]
                 for v in range(len(VIEWS))
             ]
-            data.append([layer, neuron, views])
+            # An expert's neuron is named expert:index (the neuron box filters on that text).
+            data.append([layer, neuron if experts == 1 else ":".join(map(str, divmod(neuron, d_ff))), views])
     counts = word_like_counts(atlas)
     meta = atlas.meta
     summary = (
-        f"{html.escape(str(meta['arch']))} model, {int(meta['n_layers'])} layers x {int(meta['d_ff'])} neurons, "
+        f"{html.escape(str(meta['arch']))} model, {int(meta['n_layers'])} layers x "
+        f"{f'{experts} experts x ' if experts > 1 else ''}{d_ff} neurons, "
         f"vocabulary {int(meta['vocab_size'])}; "
         f"fingerprint <code>{html.escape(str(meta['fingerprint'])[:16])}</code>. Views: read = up_proj row (what the neuron responds to), "
         "write = down_proj column (what it promotes); +/- = sign. Each cell: top tokens, then the top token's probability."
@@ -142,7 +145,7 @@ def write_atlas_html(atlas: Atlas, path: str | Path) -> Path:
     page = _PAGE.format(
         title=html.escape(str(meta["model"])),
         summary=summary,
-        histogram=_histogram_svg(counts, atlas.d_ff),
+        histogram=_histogram_svg(counts, atlas.neurons),
         view_headers="".join(f"<th>{v.label}</th>" for v in VIEWS),
         vocab=_script_json(vocab),
         views=_script_json([v.label for v in VIEWS]),

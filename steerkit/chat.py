@@ -86,7 +86,7 @@ class ChatRepl:
         lines = [f"steering {'on' if session.enabled else 'off'}, strength {strength}"]
         for profile in session.profiles:
             lines.append(f"  {printable(profile.name)} ({printable(profile.placement)}, {len(profile.edits)} edits):")
-            lines += [f"    {e.layer}:{e.neuron} {e.op} {e.value:g}  {printable(' '.join(e.tokens[:5]))}"
+            lines += [f"    {e.label} {e.op} {e.value:g}  {printable(' '.join(e.tokens[:5]))}"
                       for e in profile.edits[:SHOWN_EDITS]]
             if len(profile.edits) > SHOWN_EDITS:
                 lines.append(f"    ... and {len(profile.edits) - SHOWN_EDITS} more")

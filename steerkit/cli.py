@@ -26,12 +26,34 @@ app = typer.Typer(
 ModelOption = typer.Option(None, "--model", "-m", help="smollm2-135m (default), gemma3-270m, a .gguf path or a Hugging Face folder.")
 
 
-def _parse_neuron(address: str) -> tuple[int, int]:
-    layer, sep, neuron = address.partition(":")
-    parts = (layer.strip().lstrip("-"), neuron.strip().lstrip("-"))
-    if not sep or not all(p.isascii() and p.isdigit() and len(p) <= 9 for p in parts):
-        raise SteerkitError(f"neuron {printable(address[:40])!r}: expected LAYER:INDEX, e.g. 29:808")
-    return int(layer), int(neuron)
+def _parse_neuron(address: str) -> tuple[int, int | None, int]:
+    """``LAYER:INDEX`` or, for a mixture of experts, ``LAYER:EXPERT:INDEX``: ``(layer, expert or None, index)``."""
+    parts = [p.strip().lstrip("-") for p in address.split(":")]
+    if len(parts) not in (2, 3) or not all(p.isascii() and p.isdigit() and len(p) <= 9 for p in parts):
+        raise SteerkitError(f"neuron {printable(address[:40])!r}: expected LAYER:INDEX, e.g. 29:808 "
+                            "(LAYER:EXPERT:INDEX for a mixture of experts)")
+    numbers = [int(p) for p in parts]
+    return numbers[0], (numbers[1] if len(numbers) == 3 else None), numbers[-1]
+
+
+def _flat_neuron(reader, layer: int, expert: int | None, neuron: int) -> int:
+    """The flat index of an addressed neuron, refusing an address that does not fit the model."""
+    from steerkit.profile import neuron_label
+
+    info = reader.info
+    if (expert is None) != (info.n_experts == 1):
+        raise SteerkitError(f"neuron {neuron_label(layer, neuron, expert)}: {info.label} has "
+                            + (f"{info.n_experts} experts per layer: expected LAYER:EXPERT:INDEX" if expert is None
+                               else "no experts: expected LAYER:INDEX"))
+    if expert is not None and not (expert < info.n_experts and neuron < info.d_ff):
+        raise SteerkitError(f"neuron {neuron_label(layer, neuron, expert)} out of range (experts 0..{info.n_experts - 1}, "
+                            f"neurons 0..{info.d_ff - 1})")
+    return (expert or 0) * info.d_ff + neuron
+
+
+def _width(info) -> str:
+    """A layer's neurons in words: ``1536``, or ``8 experts x 14336``."""
+    return f"{info.n_experts} experts x {info.d_ff}" if info.n_experts > 1 else str(info.d_ff)
 
 
 def _echo_views(top: dict[str, list[tuple[int, str, float]]], show) -> None:
@@ -63,12 +85,12 @@ def map_command(
     if output:
         atlas.save(output)
     info = reader.info
-    typer.echo(f"atlas of {info.label}: {info.n_layers} layers x {info.d_ff} neurons, top-{atlas.meta['top_k']} per view"
+    typer.echo(f"atlas of {info.label}: {info.n_layers} layers x {_width(info)} neurons, top-{atlas.meta['top_k']} per view"
                f" ({atlas.meta.get('dtype', 'float32')} on {atlas.meta.get('device', 'cpu')})")
     counts = word_like_counts(atlas)
     for name in ("read", "write") if side == "both" else (side,):
         total = sum(counts[name])
-        typer.echo(f"  {name} side: {total} of {info.n_layers * info.d_ff} neurons have a word-like top token")
+        typer.echo(f"  {name} side: {total} of {info.n_layers * info.neurons} neurons have a word-like top token")
     if output:
         typer.echo(f"wrote {output}")
     if html:
@@ -77,19 +99,21 @@ def map_command(
 
 @app.command("neuron")
 def neuron_command(
-    address: str = typer.Argument(..., help="LAYER:INDEX, e.g. 29:808"),
+    address: str = typer.Argument(..., help="LAYER:INDEX, e.g. 29:808 (LAYER:EXPERT:INDEX with experts)"),
     model: Optional[str] = ModelOption,
     top_k: int = typer.Option(10, "--top-k", "-k"),
 ) -> None:
     """Show one neuron's read (up_proj row) and write (down_proj column) decodings, both signs."""
     from steerkit.decode import decode_neuron
+    from steerkit.profile import neuron_label
     from steerkit.vocab import token_display
     from steerkit.weights import open_weights
 
-    layer, neuron = _parse_neuron(address)
+    layer, expert, index = _parse_neuron(address)
     reader = open_weights(model)
+    neuron = _flat_neuron(reader, layer, expert, index)
     decoded = decode_neuron(reader, layer, neuron, top_k)
-    typer.echo(f"neuron {layer}:{neuron}")
+    typer.echo(f"neuron {neuron_label(layer, index, expert)}")
     _echo_views(decoded.top, token_display(reader.tokens()))
 
 
@@ -120,10 +144,11 @@ def find_command(
     else:
         variants, hits = find_word(reader, atlas, word, limit)
     display_token = token_display(vocab)
+    binding = reader.binding()
     typer.echo(f"{word!r} as tokens: {', '.join(repr(display_token(t)) for _, t in variants)}")
     for hit in hits:
         top = ", ".join(repr(display_token(vocab[i])) for i in hit.top[:5])
-        typer.echo(f"  {hit.layer}:{hit.neuron:<5d} {hit.view:7s} p={hit.prob:.3f}  {top}")
+        typer.echo(f"  {binding.label(hit.layer, hit.neuron):<8s} {hit.view:7s} p={hit.prob:.3f}  {top}")
 
 
 @app.command("compare")
@@ -468,7 +493,7 @@ def inspect_command(model_file: Path = typer.Argument(..., help="A GGUF file."))
 
     weights = GGUFWeights(model_file)
     info = weights.info
-    typer.echo(f"{model_file}: {info.arch.name}, {info.n_layers} layers x {info.d_ff} neurons")
+    typer.echo(f"{model_file}: {info.arch.name}, {info.n_layers} layers x {_width(info)} neurons")
     embedded = embedded_profile(weights)
     if embedded is None:
         typer.echo("not patched by steerkit")

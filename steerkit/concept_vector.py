@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from steerkit.errors import SteerkitError
+
 __all__ = ["SENTENCES", "vector_layers", "neuron_adds", "concept_directions"]
 
 #: Sentences naming the concept; the contrast puts "something" in its place.
@@ -33,7 +35,14 @@ def vector_layers(n_layers: int) -> list[int]:
 
 def neuron_adds(reader, layer: int, vector: np.ndarray) -> np.ndarray:
     """The minimum-norm neuron activations ``a`` with ``W_down a = vector`` on ``layer`` (``[d_ff]``): ``W_down``
-    (``d_model x d_ff``, ``d_ff > d_model``) has full row rank, so adding ``a`` adds exactly ``vector``."""
+    (``d_model x d_ff``, ``d_ff > d_model``) has full row rank, so adding ``a`` adds exactly ``vector``.
+
+    Refused for a mixture of experts: an expert's neurons write only for the tokens routed to it, scaled
+    by the router, so no set of neuron adds is a constant vector in the residual stream."""
+    if reader.info.n_experts > 1:
+        raise SteerkitError(f"{reader.info.label}: residual-stream directions (discover --positions until, diffmean "
+                            "baselines) cannot be carried by expert neurons, which write only when their expert is "
+                            "routed to; use neuron edits (discover --positions prompt or all, --suppress)")
     down = reader.down_cols(layer).astype(np.float64)  # [d_ff, d_model]: row j is what neuron j writes
     return np.linalg.lstsq(down.T, np.asarray(vector, dtype=np.float64), rcond=None)[0]
 

@@ -177,8 +177,8 @@ def build_profile(concept: Concept, candidates: list[Candidate], units: np.ndarr
     for candidate in candidates[: setting.n_neurons]:
         unit = max(float(units[candidate.layer, candidate.neuron]), _MIN_UNIT)
         value = round(candidate.sign * setting.multiple * unit * (-1 if suppress else 1), 3)
-        edits.append(Edit(candidate.layer, candidate.neuron, "clamp" if suppress else "add", value,
-                          candidate.tokens, round(candidate.score, 4)))
+        edits.append(binding.edit_at(candidate.layer, candidate.neuron, "clamp" if suppress else "add", value,
+                                     tokens=candidate.tokens, score=round(candidate.score, 4)))
     verb = "Avoid" if suppress else "Talk about"
     where = _WHERE[positions].format(word=concept.word)
     how = (f"clamps {len(edits)} neuron(s) that write {concept.word!r} against it at every position"
@@ -250,8 +250,9 @@ def discover(word: str, reader: WeightReader, atlas: Atlas | None, backend, supp
         note(concept.note)
     log(f"concept tokens: {', '.join(concept.tokens)}")
     candidates = [] if atlas is None else rank_candidates(reader, atlas, concept, limit=max(NEURON_COUNTS))
+    binding = reader.binding()
     for c in candidates:
-        log(f"  {c.layer}:{c.neuron} write{'+' if c.sign > 0 else '-'} p={c.write_prob:.3f} x{c.specificity:.2f} "
+        log(f"  {binding.label(c.layer, c.neuron)} write{'+' if c.sign > 0 else '-'} p={c.write_prob:.3f} x{c.specificity:.2f} "
             f"{c.read_view} p={c.read_prob:.3f}  {' '.join(c.tokens)}")
 
     units = backend.activation_scale(reference_text())
@@ -340,7 +341,7 @@ def _provenance(concept, candidates, baseline, sweep, chosen, budget, prompts, s
         "model": reader.info.label,
         "concept": {"word": concept.word, "tokens": list(concept.tokens), **({"note": concept.note} if concept.note else {})},
         "candidates": [
-            {"neuron": f"{c.layer}:{c.neuron}", "sign": c.sign, "write_prob": round(c.write_prob, 4), "specificity": round(c.specificity, 3),
+            {"neuron": reader.binding().label(c.layer, c.neuron), "sign": c.sign, "write_prob": round(c.write_prob, 4), "specificity": round(c.specificity, 3),
              "read_prob": round(c.read_prob, 4), "read_view": c.read_view, "tokens": list(c.tokens)}
             for c in candidates
         ],

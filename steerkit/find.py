@@ -47,14 +47,14 @@ class NeuronHit:
 
 
 def score_tokens(reader: WeightReader, atlas: Atlas, token_ids: list[int]) -> np.ndarray:
-    """Summed probability of ``token_ids`` for every neuron and view: ``[layers, d_ff, 4]``."""
+    """Summed probability of ``token_ids`` for every neuron and view: ``[layers, neurons, 4]``."""
     info = reader.info
     if atlas.meta.get("fingerprint") != reader.fingerprint():
         raise SteerkitError(f"atlas was made for {atlas.meta.get('model')}, not for {info.label}")
     gain = torch.from_numpy(reader.norm_gain())
     columns = torch.from_numpy(reader.unembedding()[token_ids]).T.contiguous()  # [d, n_tokens]
     lse = torch.from_numpy(atlas.lse)
-    scores = np.empty((info.n_layers, info.d_ff, len(VIEWS)), dtype=np.float32)
+    scores = np.empty((info.n_layers, info.neurons, len(VIEWS)), dtype=np.float32)
     for layer in range(info.n_layers):
         for side_index, side in enumerate(SIDES):
             vectors = reader.side_vectors(layer, side)
@@ -109,7 +109,7 @@ def quick_find(reader: WeightReader, word: str, limit: int = 20, sample: int = S
     word_columns = torch.from_numpy(unembedding[ids]).T.contiguous()
     sample_columns = torch.from_numpy(unembedding[sampled]).T.contiguous()
     scale = float(np.log(rest.size / sampled.size))  # the sample stands for the whole rest of the vocabulary
-    estimate = np.empty((info.n_layers, info.d_ff, len(VIEWS)), dtype=np.float32)
+    estimate = np.empty((info.n_layers, info.neurons, len(VIEWS)), dtype=np.float32)
     for layer in range(info.n_layers):
         for side_index, side in enumerate(SIDES):
             normed = rms_normalize(torch.from_numpy(reader.side_vectors(layer, side)), gain, info.rms_eps)
@@ -122,8 +122,8 @@ def quick_find(reader: WeightReader, word: str, limit: int = 20, sample: int = S
     chosen = np.argsort(best)[::-1][:decode]
     unembedding_t = torch.from_numpy(unembedding).T.contiguous()
     hits = []
-    for layer in sorted({int(i) // info.d_ff for i in chosen}):
-        neurons = np.sort([int(i) % info.d_ff for i in chosen if int(i) // info.d_ff == layer])
+    for layer in sorted({int(i) // info.neurons for i in chosen}):
+        neurons = np.sort([int(i) % info.neurons for i in chosen if int(i) // info.neurons == layer])
         for side_index, side in enumerate(SIDES):
             vectors = torch.from_numpy(reader.side_vectors(layer, side)[neurons])
             top_ids, _, lse = decode_side(vectors, gain, unembedding_t, info.rms_eps, top_k)

@@ -24,7 +24,10 @@ __all__ = ["LayerEdits", "EditGroup", "Plan", "compile_plan", "check_binding"]
 
 @dataclass(frozen=True)
 class LayerEdits:
-    """The edits of one layer: ``h[..., neurons] = h[..., neurons] * mult + add``."""
+    """The edits of one layer: ``h[..., neurons] = h[..., neurons] * mult + add``.
+
+    ``neurons`` are flat indices: ``expert * d_ff + neuron`` in a mixture of experts.
+    """
 
     layer: int
     neurons: np.ndarray  # int64 [n]
@@ -96,7 +99,7 @@ def _group_by_layer(per_neuron: dict[tuple[int, int], tuple[float, float]]) -> d
 def check_binding(profile: Profile, actual: ModelBinding) -> None:
     """Refuse a profile made for another model (shapes, architecture or vocabulary differ)."""
     wanted = profile.model
-    for name in ("arch", "n_layers", "d_model", "d_ff", "vocab_size"):
+    for name in ("arch", "n_layers", "d_model", "d_ff", "vocab_size", "n_experts"):
         if getattr(wanted, name) != getattr(actual, name):
             raise ProfileMismatch(
                 f"{profile.source}: model.{name}: profile is for {getattr(wanted, name)!r}, "
@@ -120,6 +123,6 @@ def compile_plan(profiles: list[Profile], model: ModelBinding | None = None, str
         if model is not None:
             check_binding(profile, model)
         factor = profile.strength if strength is None else strength
-        per_neuron = {(e.layer, e.neuron): e.affine(factor) for e in profile.edits}
+        per_neuron = {(e.layer, e.flat_neuron(profile.model.d_ff)): e.affine(factor) for e in profile.edits}
         groups.append(EditGroup(profile.positions, tuple(_group_by_layer(per_neuron).values()), profile.until))
     return Plan(tuple(groups), tuple(p.name for p in profiles))

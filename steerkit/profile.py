@@ -27,6 +27,10 @@ Example (format version 1)::
     edits:
       - {layer: 29, neuron: 808, op: clamp, value: 30, tokens: [dog, dogs], score: 0.41}
 
+A mixture-of-experts model's binding adds ``n_experts`` (its ``d_ff`` is the
+width of one expert) and each edit names its ``expert``: a neuron is
+(layer, expert, neuron).  Dense profiles carry neither field.
+
 Errors name the file, line and field.  YAML is read with a safe loader (no
 object construction) and files over 1 MiB are refused.
 """
@@ -48,7 +52,7 @@ from steerkit.files import read_bounded
 
 __all__ = [
     "Edit", "ModelBinding", "Profile", "load_profile", "parse_profile", "save_profile", "vocab_sha256",
-    "joined_vocab_sha256", "OPS", "POSITIONS",
+    "joined_vocab_sha256", "neuron_label", "OPS", "POSITIONS",
 ]
 
 FORMAT_VERSION = 1
@@ -71,11 +75,12 @@ class Edit:
     value: float = 0.0
     tokens: tuple[str, ...] = ()  # informational: what the neuron decodes to
     score: float | None = None  # informational: how discovery ranked it
+    expert: int | None = None  # mixture-of-experts models: the expert the neuron belongs to
 
     def __post_init__(self) -> None:
         # Edits built in code get the checks a YAML file gets (the layer/neuron ranges are the Profile's).
-        where = f"edit {self.layer}:{self.neuron}"
-        for name in ("layer", "neuron"):
+        where = f"edit {self.label}"
+        for name in ("layer", "neuron") + (("expert",) if self.expert is not None else ()):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise SteerkitError(f"{where}: {name}: expected a non-negative integer, got {value!r}")
@@ -87,6 +92,15 @@ class Edit:
         if isinstance(self.tokens, str) or not all(isinstance(t, str) for t in self.tokens):
             raise SteerkitError(f"{where}: tokens: expected a list of strings")
         object.__setattr__(self, "tokens", tuple(self.tokens))
+
+    @property
+    def label(self) -> str:
+        """``layer:neuron``, or ``layer:expert:neuron`` for an expert's neuron."""
+        return neuron_label(self.layer, self.neuron, self.expert)
+
+    def flat_neuron(self, d_ff: int) -> int:
+        """The neuron's index among its layer's neurons, every expert's: ``expert * d_ff + neuron``."""
+        return (self.expert or 0) * d_ff + self.neuron
 
     def affine(self, strength: float = 1.0) -> tuple[float, float]:
         """``(mult, add)`` so that the edited activation is ``h*mult + add``."""
@@ -110,9 +124,25 @@ class ModelBinding:
     arch: str
     n_layers: int
     d_model: int
-    d_ff: int
+    d_ff: int  # neurons per MLP (per expert in a mixture of experts)
     vocab_size: int
     vocab_sha256: str | None = None
+    n_experts: int = 1  # experts per layer; 1: a dense MLP
+
+    def edit_at(self, layer: int, flat: int, op: str, value: float = 0.0, **info) -> "Edit":
+        """The :class:`Edit` of neuron ``flat`` of ``layer`` (a flat index: ``expert * d_ff + neuron``)."""
+        expert, neuron = divmod(int(flat), self.d_ff)
+        return Edit(int(layer), neuron, op, value, expert=expert if self.n_experts > 1 else None, **info)
+
+    def label(self, layer: int, flat: int) -> str:
+        """How to name neuron ``flat`` of ``layer`` to a user: ``L:N`` or, with experts, ``L:E:N``."""
+        expert, neuron = divmod(int(flat), self.d_ff)
+        return neuron_label(layer, neuron, expert if self.n_experts > 1 else None)
+
+
+def neuron_label(layer: int, neuron: int, expert: int | None = None) -> str:
+    """``layer:neuron``, or ``layer:expert:neuron`` for an expert's neuron."""
+    return f"{layer}:{neuron}" if expert is None else f"{layer}:{expert}:{neuron}"
 
 
 @dataclass
@@ -159,12 +189,16 @@ class Profile:
         for index, edit in enumerate(self.edits):
             if not isinstance(edit, Edit):
                 raise SteerkitError(f"{where}edits[{index}]: expected an Edit, got {type(edit).__name__}")
-            for name, high in (("layer", self.model.n_layers - 1), ("neuron", self.model.d_ff - 1)):
-                if getattr(edit, name) > high:
+            problem = _expert_problem(edit.expert is not None, self.model)
+            if problem:
+                raise SteerkitError(f"{where}edits[{index}]: {problem}")
+            for name, high in (("layer", self.model.n_layers - 1), ("neuron", self.model.d_ff - 1),
+                               ("expert", self.model.n_experts - 1)):
+                if (getattr(edit, name) or 0) > high:
                     raise SteerkitError(f"{where}edits[{index}].{name}: {getattr(edit, name)} out of range 0..{high}")
-            key = (edit.layer, edit.neuron)
+            key = (edit.layer, edit.flat_neuron(self.model.d_ff))
             if key in seen:
-                raise SteerkitError(f"{where}edits[{index}]: neuron {edit.layer}:{edit.neuron} is already edited by "
+                raise SteerkitError(f"{where}edits[{index}]: neuron {edit.label} is already edited by "
                                     f"edits[{seen[key]}]")
             seen[key] = index
 
@@ -173,6 +207,15 @@ class Profile:
     def placement(self) -> str:
         """Where the edits act, in words: ``positions all``, ``positions generated until 'dog'``."""
         return f"positions {self.positions}" + (f" until {self.until!r}" if self.until else "")
+
+
+def _expert_problem(has_expert: bool, model: ModelBinding) -> str | None:
+    """Why an edit with (or without) an ``expert`` does not fit ``model``; ``None`` if it does."""
+    if model.n_experts > 1 and not has_expert:
+        return f"expert: missing (the model has {model.n_experts} experts per layer: name the neuron's expert)"
+    if model.n_experts == 1 and has_expert:
+        return "expert: given, but the model has no experts (a dense MLP)"
+    return None
 
 
 def finite_number(value: Any, where: str, bound: float | None = None) -> float:
@@ -339,8 +382,8 @@ class _Checker:
 
 
 _TOP_FIELDS = {"steerkit", "name", "description", "model", "positions", "until", "strength", "edits", "provenance"}
-_MODEL_FIELDS = {"arch", "n_layers", "d_model", "d_ff", "vocab_size", "vocab_sha256"}
-_EDIT_FIELDS = {"layer", "neuron", "op", "value", "tokens", "score"}
+_MODEL_FIELDS = {"arch", "n_layers", "d_model", "d_ff", "vocab_size", "vocab_sha256", "n_experts"}
+_EDIT_FIELDS = {"layer", "neuron", "expert", "op", "value", "tokens", "score"}
 
 
 def parse_profile(text: str, source: str = "<profile>") -> Profile:
@@ -378,7 +421,8 @@ def parse_profile(text: str, source: str = "<profile>") -> Profile:
         if positions == "prompt":
             raise check.fail(top, "until", "until", _UNTIL_NEEDS)
 
-    model_map = check.mapping(top["model"], top, "model", "model", _MODEL_FIELDS, _MODEL_FIELDS - {"vocab_sha256"})
+    model_map = check.mapping(top["model"], top, "model", "model", _MODEL_FIELDS,
+                              _MODEL_FIELDS - {"vocab_sha256", "n_experts"})
     binding = ModelBinding(
         arch=check.string(model_map, "arch", "model.arch"),
         n_layers=check.integer(model_map, "n_layers", "model.n_layers", 1),
@@ -386,6 +430,7 @@ def parse_profile(text: str, source: str = "<profile>") -> Profile:
         d_ff=check.integer(model_map, "d_ff", "model.d_ff", 1),
         vocab_size=check.integer(model_map, "vocab_size", "model.vocab_size", 1),
         vocab_sha256=check.string(model_map, "vocab_sha256", "model.vocab_sha256") if "vocab_sha256" in model_map else None,
+        n_experts=check.integer(model_map, "n_experts", "model.n_experts", 1) if "n_experts" in model_map else 1,
     )
 
     if not isinstance(top["edits"], list):
@@ -401,6 +446,9 @@ def parse_profile(text: str, source: str = "<profile>") -> Profile:
         tokens = entry.get("tokens", [])
         if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
             raise check.fail(entry, "tokens", f"{path}.tokens", "expected a list of strings")
+        problem = _expert_problem("expert" in entry, binding)
+        if problem:
+            raise check.fail(entry, "expert" if "expert" in entry else None, path, problem)
         edit = Edit(
             layer=check.integer(entry, "layer", f"{path}.layer", 0, binding.n_layers - 1),
             neuron=check.integer(entry, "neuron", f"{path}.neuron", 0, binding.d_ff - 1),
@@ -408,10 +456,11 @@ def parse_profile(text: str, source: str = "<profile>") -> Profile:
             value=check.number(entry, "value", f"{path}.value", MAX_EDIT_VALUE) if "value" in entry else 0.0,
             tokens=tuple(tokens),
             score=check.number(entry, "score", f"{path}.score") if "score" in entry else None,
+            expert=check.integer(entry, "expert", f"{path}.expert", 0, binding.n_experts - 1) if "expert" in entry else None,
         )
-        key = (edit.layer, edit.neuron)
+        key = (edit.layer, edit.flat_neuron(binding.d_ff))
         if key in seen:
-            raise check.fail(entry, None, path, f"neuron {edit.layer}:{edit.neuron} is already edited by edits[{seen[key]}]")
+            raise check.fail(entry, None, path, f"neuron {edit.label} is already edited by edits[{seen[key]}]")
         seen[key] = index
         edits.append(edit)
     provenance = top.get("provenance", {})
@@ -444,7 +493,8 @@ def profile_to_dict(profile: Profile) -> dict[str, Any]:
     """The YAML-ready mapping of a profile (informational fields omitted when empty)."""
     edits = []
     for edit in profile.edits:
-        entry: dict[str, Any] = {"layer": edit.layer, "neuron": edit.neuron, "op": edit.op}
+        entry: dict[str, Any] = {"layer": edit.layer, **({"expert": edit.expert} if edit.expert is not None else {}),
+                                 "neuron": edit.neuron, "op": edit.op}
         if edit.op != "ablate":
             entry["value"] = edit.value
         if edit.tokens:
@@ -452,7 +502,8 @@ def profile_to_dict(profile: Profile) -> dict[str, Any]:
         if edit.score is not None:
             entry["score"] = edit.score
         edits.append(entry)
-    model = {k: v for k, v in asdict(profile.model).items() if v is not None}
+    # n_experts only where there are experts: dense profiles stay as they were.
+    model = {k: v for k, v in asdict(profile.model).items() if v is not None and (k != "n_experts" or v > 1)}
     data: dict[str, Any] = {"steerkit": FORMAT_VERSION, "name": profile.name, "description": profile.description,
                             "model": model, "positions": profile.positions,
                             **({"until": profile.until} if profile.until else {}),

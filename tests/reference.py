@@ -59,3 +59,39 @@ def logits(model, ids):
     """Logits of a plain forward pass, no gradients."""
     with torch.no_grad():
         return model(ids).logits
+
+
+@contextlib.contextmanager
+def manual_expert_edit(model, edits, strength=1.0, token_mask=None):
+    """Reference for mixture-of-experts layers: each edited layer's experts run as a plain loop over tokens
+    and their routed experts, ``out[t] += w * down_e @ edit(act(gate_e x) * up_e x)``, editing ``h`` of
+    neuron ``(edit.expert, edit.neuron)`` inside its expert.  The model's own router still picks the
+    experts and weights.  ``token_mask`` (optional, over the batch's tokens in row-major order) says
+    which tokens are edited."""
+    patched = []
+    for layer in sorted({e.layer for e in edits}):
+        experts = model.model.layers[layer].mlp.experts
+        mine = [e for e in edits if e.layer == layer]
+
+        def forward(x, top_k_index, top_k_weights, experts=experts, mine=mine):
+            d_ff = experts.down_proj.shape[-1]
+            out = torch.zeros_like(x)
+            for t in range(x.shape[0]):
+                for k in range(top_k_index.shape[1]):
+                    e = int(top_k_index[t, k])
+                    gate, up = experts.gate_up_proj[e, :d_ff], experts.gate_up_proj[e, d_ff:]
+                    h = (experts.act_fn(gate @ x[t]) * (up @ x[t])).clone()
+                    if token_mask is None or bool(token_mask[t]):
+                        for edit in mine:
+                            if edit.expert == e:
+                                h[edit.neuron] = edited(h[edit.neuron], edit, strength)
+                    out[t] += top_k_weights[t, k] * (experts.down_proj[e] @ h)
+            return out
+
+        experts.forward = forward
+        patched.append(experts)
+    try:
+        yield
+    finally:
+        for experts in patched:
+            del experts.forward

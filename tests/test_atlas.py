@@ -54,7 +54,7 @@ def test_html_page(llama_gguf, tmp_path):
     vocab = json.loads(re.search(r"^const VOCAB = (.*);$", page, re.M).group(1))
     data = json.loads(re.search(r"^const DATA = (.*);  //", page, re.M).group(1))
     display = token_display(atlas.vocab)
-    assert [(layer, neuron) for layer, neuron, _ in data] == [(l, n) for l in range(atlas.n_layers) for n in range(atlas.d_ff)]
+    assert [(layer, neuron) for layer, neuron, _ in data] == [(l, n) for l in range(atlas.n_layers) for n in range(atlas.neurons)]
     for layer, neuron, views in data:
         for view, (ids, p1) in enumerate(views):
             assert [vocab[i] for i in ids] == [display(atlas.vocab[t]) for t in atlas.token_ids[layer, neuron, view]]
@@ -64,8 +64,8 @@ def test_html_page(llama_gguf, tmp_path):
         for layer in range(atlas.n_layers):
             views = (0, 1) if side == "read" else (2, 3)  # read = up row, write = down column, both signs
             count = sum(any(is_word_like(atlas.vocab[int(atlas.token_ids[layer, n, v, 0])]) for v in views)
-                        for n in range(atlas.d_ff))
-            assert f"<title>layer {layer} {side}: {count} of {atlas.d_ff}</title>" in page, (side, layer)
+                        for n in range(atlas.neurons))
+            assert f"<title>layer {layer} {side}: {count} of {atlas.neurons}</title>" in page, (side, layer)
 
 
 def test_find_word_ranks_planted_neuron(tmp_path):

@@ -21,6 +21,13 @@ ARCHS = {
     "gemma2": ("Gemma2Config", "gemma2"),
     "gemma3_text": ("Gemma3TextConfig", "gemma3"),
 }
+# Mixture-of-experts families: 4 experts of 32 neurons, 2 routed per token (llama.cpp writes Mixtral as llama).
+MOE_ARCHS = {
+    "mixtral": ("MixtralConfig", "llama"),
+    "qwen3_moe": ("Qwen3MoeConfig", "qwen3moe"),
+}
+N_EXPERTS, EXPERT_WIDTH = 4, 32
+_ALL = {**ARCHS, **MOE_ARCHS}
 
 VOCAB = 96
 WORDS = ["dog", "Ġdog", "Dog", "Ġdogs", "cat", "Ġcat"]
@@ -34,7 +41,7 @@ def tiny_tokens() -> list[str]:
 def tiny_config(model_type: str, **overrides):
     import transformers
 
-    cls = getattr(transformers, ARCHS[model_type][0])
+    cls = getattr(transformers, _ALL[model_type][0])
     kwargs = dict(
         vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
         num_key_value_heads=2, head_dim=8, max_position_embeddings=128, rms_norm_eps=1e-6,
@@ -43,6 +50,10 @@ def tiny_config(model_type: str, **overrides):
     )
     if model_type.startswith("gemma"):
         kwargs.update(query_pre_attn_scalar=8, sliding_window=16)
+    if model_type == "mixtral":
+        kwargs.update(num_local_experts=N_EXPERTS, num_experts_per_tok=2, intermediate_size=EXPERT_WIDTH)
+    if model_type == "qwen3_moe":
+        kwargs.update(num_experts=N_EXPERTS, num_experts_per_tok=2, moe_intermediate_size=EXPERT_WIDTH, norm_topk_prob=True)
     kwargs.update(overrides)
     return cls(**kwargs)
 
@@ -57,7 +68,7 @@ def tiny_model(model_type: str, seed: int = 0, **overrides):
         for name, param in model.named_parameters():
             if name.endswith("norm.weight"):
                 param.normal_(0.0, 0.3) if model_type.startswith("gemma") else param.normal_(1.0, 0.3)
-            elif param.dim() == 2:
+            elif param.dim() >= 2:  # matrices, and stacked experts
                 param.normal_(0.0, 0.5)
     return model.eval()
 
@@ -75,7 +86,8 @@ def save_gguf(model, path: Path, tokens: list[str] | None = None, ffn_type=None,
     sets ``general.alignment`` (default 32).
     """
     config = model.config
-    arch = ARCHS[config.model_type][1]
+    arch = _ALL[config.model_type][1]
+    experts = config.model_type in MOE_ARCHS
     gemma = config.model_type.startswith("gemma")
     state = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
     writer = GGUFWriter(str(path), arch)
@@ -84,6 +96,11 @@ def save_gguf(model, path: Path, tokens: list[str] | None = None, ffn_type=None,
     writer.add_block_count(config.num_hidden_layers)
     writer.add_embedding_length(config.hidden_size)
     writer.add_feed_forward_length(config.intermediate_size)
+    if experts:
+        writer.add_expert_count(N_EXPERTS)
+        writer.add_expert_used_count(2)
+        if arch == "qwen3moe":
+            writer.add_expert_feed_forward_length(EXPERT_WIDTH)
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_tokenizer_model("gpt2")
     writer.add_token_list(tokens or tiny_tokens())
@@ -96,8 +113,16 @@ def save_gguf(model, path: Path, tokens: list[str] | None = None, ffn_type=None,
         if gemma:
             post_norm = state[f"model.layers.{i}.post_feedforward_layernorm.weight"] + 1.0
             writer.add_tensor(f"blk.{i}.post_ffw_norm.weight", post_norm.astype(np.float32))
-        for ours, theirs in (("ffn_up", "up_proj"), ("ffn_gate", "gate_proj"), ("ffn_down", "down_proj")):
-            weight = state[f"model.layers.{i}.mlp.{theirs}.weight"]
+        if experts:  # llama.cpp's stacked experts: [E, d_ff, d] for gate/up, [E, d, d_ff] for down
+            gate_up = state[f"model.layers.{i}.mlp.experts.gate_up_proj"]
+            matrices = {"ffn_gate_exps": gate_up[:, :EXPERT_WIDTH], "ffn_up_exps": gate_up[:, EXPERT_WIDTH:],
+                        "ffn_down_exps": state[f"model.layers.{i}.mlp.experts.down_proj"]}
+            writer.add_tensor(f"blk.{i}.ffn_gate_inp.weight", state[f"model.layers.{i}.mlp.gate.weight"])
+        else:
+            matrices = {ours: state[f"model.layers.{i}.mlp.{theirs}.weight"]
+                        for ours, theirs in (("ffn_up", "up_proj"), ("ffn_gate", "gate_proj"), ("ffn_down", "down_proj"))}
+        for ours, weight in matrices.items():
+            weight = np.ascontiguousarray(weight)
             if ffn_type is None:
                 writer.add_tensor(f"blk.{i}.{ours}.weight", weight)
             else:

@@ -1,5 +1,8 @@
 """Apply a plan to a transformers model with forward hooks on ``down_proj``'s input.
 
+(Mixture-of-experts layers are hooked on their ``experts`` module instead:
+:mod:`steerkit.runtimes.hf.experts`.)
+
 The input of ``down_proj`` is the vector of neuron activations ``h``.  Each
 hooked layer rewrites only its edited neurons with one gather and one indexed
 write per edit group (``h[..., idx] = h[..., idx] * mult + add``), whatever
@@ -16,7 +19,8 @@ from collections.abc import Iterator
 import torch
 
 from steerkit.errors import SteerkitError
-from steerkit.runtimes.hf.modules import mlp_module
+from steerkit.runtimes.hf.experts import ExpertsHook
+from steerkit.runtimes.hf.modules import mlp_module, model_arch
 from steerkit.runtimes.hf.positions import PositionTracker
 from steerkit.plan import Plan
 
@@ -132,11 +136,16 @@ def _hook_layers(model: torch.nn.Module, per_layer: dict[int, list], plans: list
     if words and tokenizer is None:
         raise SteerkitError(f"profile {', '.join(n for plan in plans for n in plan.names)} stops once the answer "
                             f"names {words[0]!r}: steering it needs the model's tokenizer, to read the answer")
-    modules = {layer: mlp_module(model, layer).down_proj for layer in per_layer}  # resolve all before hooking
+    experts = model_arch(model).experts is not None
+    # Resolve every module before hooking any.
+    modules = {layer: getattr(mlp_module(model, layer), "experts" if experts else "down_proj") for layer in per_layer}
     tracker = PositionTracker(tokenizer, words)
     handles = [model.register_forward_pre_hook(tracker.before_forward, with_kwargs=True)]
     for layer, groups in per_layer.items():
-        handles.append(modules[layer].register_forward_pre_hook(_LayerHook(groups, tracker)))
+        if experts:
+            handles.append(modules[layer].register_forward_hook(ExpertsHook(groups, tracker), with_kwargs=True))
+        else:
+            handles.append(modules[layer].register_forward_pre_hook(_LayerHook(groups, tracker)))
     return HookHandle(handles, tracker)
 
 

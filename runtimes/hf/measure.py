@@ -20,7 +20,8 @@ import torch
 from steerkit.plan import Plan
 from steerkit.runtimes.hf.generate import build_inputs, generate_kwargs, text_streamer
 from steerkit.runtimes.hf.hooks import attach_rows
-from steerkit.runtimes.hf.modules import decoder_layer, mlp_module
+from steerkit.runtimes.hf.experts import expert_activations
+from steerkit.runtimes.hf.modules import decoder_layer, mlp_module, model_arch
 from steerkit.sampling import GREEDY, Sampling
 
 __all__ = ["activation_scale", "generate_rows", "answer_nll", "answer_states", "residual_norms"]
@@ -28,9 +29,11 @@ __all__ = ["activation_scale", "generate_rows", "answer_nll", "answer_states", "
 
 @torch.no_grad()
 def activation_scale(model, tokenizer, text: str) -> np.ndarray:
-    """Per-neuron ``max |h|`` over the tokens of ``text``: ``[n_layers, d_ff]``.
+    """Per-neuron ``max |h|`` over the tokens of ``text``: ``[n_layers, neurons]``.
 
-    One forward pass with a pre-hook on every ``down_proj`` (whose input is ``h``).
+    One forward pass with a pre-hook on every ``down_proj`` (whose input is ``h``).  In a mixture of
+    experts, a hook on each layer's experts computes every neuron's ``h`` and keeps the tokens routed
+    to its expert (a neuron never routed to peaks at 0).
     """
     n_layers = model.config.num_hidden_layers
     peaks: list[torch.Tensor | None] = [None] * n_layers
@@ -40,7 +43,23 @@ def activation_scale(model, tokenizer, text: str) -> np.ndarray:
             peaks[layer] = args[0].detach().abs().flatten(0, -2).amax(dim=0).float().cpu()
         return hook
 
-    handles = [mlp_module(model, layer).down_proj.register_forward_pre_hook(recorder(layer)) for layer in range(n_layers)]
+    def expert_recorder(layer: int):
+        def hook(module, args, output):
+            x, top_k_index = args[0], args[1]
+            n_experts, d_ff = module.down_proj.shape[0], module.down_proj.shape[-1]
+            h = expert_activations(module, x, torch.arange(n_experts * d_ff, device=x.device))  # [T, E * d_ff]
+            routed = torch.zeros(x.shape[0], n_experts, dtype=torch.bool, device=x.device)
+            routed.scatter_(1, top_k_index, True)
+            h = h.abs() * routed.repeat_interleave(d_ff, dim=1)
+            peaks[layer] = h.amax(dim=0).float().cpu()
+        return hook
+
+    if model_arch(model).experts is not None:
+        handles = [mlp_module(model, layer).experts.register_forward_hook(expert_recorder(layer))
+                   for layer in range(n_layers)]
+    else:
+        handles = [mlp_module(model, layer).down_proj.register_forward_pre_hook(recorder(layer))
+                   for layer in range(n_layers)]
     try:
         ids = tokenizer(text, return_tensors="pt").input_ids.to(model.device)
         model(ids)

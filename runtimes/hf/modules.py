@@ -31,7 +31,8 @@ def _submodule(model: torch.nn.Module, path: str, layer: int) -> torch.nn.Module
 
 
 def mlp_module(model: torch.nn.Module, layer: int) -> torch.nn.Module:
-    """The MLP of decoder layer ``layer`` (has ``gate_proj``, ``up_proj``, ``down_proj``)."""
+    """The MLP of decoder layer ``layer`` (has ``gate_proj``, ``up_proj``, ``down_proj``; a mixture of experts has
+    ``experts``, see :mod:`steerkit.runtimes.hf.experts`)."""
     return _submodule(model, model_arch(model).hf_mlp_path.format(layer=layer), layer)
 
 
@@ -46,11 +47,13 @@ def model_binding(model: torch.nn.Module, tokenizer=None) -> ModelBinding:
     vocab_hash = None
     if tokenizer is not None:
         vocab_hash = vocab_sha256(tokens_from_vocab(tokenizer.get_vocab(), config.vocab_size))
+    experts = model_arch(model).experts
     return ModelBinding(
         arch=model_arch(model).name,
         n_layers=config.num_hidden_layers,
         d_model=config.hidden_size,
-        d_ff=config.intermediate_size,
+        d_ff=getattr(config, experts.width_key if experts else "intermediate_size"),
         vocab_size=config.vocab_size,
         vocab_sha256=vocab_hash,
+        n_experts=next(getattr(config, k) for k in experts.count_keys if getattr(config, k, None)) if experts else 1,
     )

@@ -5,7 +5,9 @@ Per the compilation table (docs/formats.md), for neuron ``j`` of layer
 
 * ``mult != 1``: ``blk.N.ffn_up`` row ``j`` is scaled by rewriting only its
   blocks' fp16 scale fields (:mod:`steerkit.runtimes.llamacpp.scales`), so
-  ``h = act(gate.x) * (up.x)`` is scaled exactly;
+  ``h = act(gate.x) * (up.x)`` is scaled exactly; in a mixture of experts the
+  row is ``blk.N.ffn_up_exps`` row ``(e, i)``, and clamp/add are refused (no
+  per-expert bias exists in llama.cpp's MoE graphs);
 * ``add != 0``: ``add * W_down[:, j]`` is summed into an F32
   ``blk.N.ffn_down.bias`` tensor, which llama.cpp's llama-family graphs load.
   Gemma's graph loads no such bias and normalises the FFN output first: with
@@ -150,14 +152,20 @@ def write_patched(
     for layer, edits in merged.items():
         scale = edits.mult != 1.0
         if scale.any():
-            name = f"blk.{layer}.ffn_up.weight"
+            name = weights.ffn_tensor_name("up", layer)  # ffn_up_exps rows are (expert, neuron), the flat order
             tensor = tensors[name]
             rows = edits.neurons[scale]
             # Only the edited rows are read and kept: memory stays independent of the model size.
-            patched = scale_rows(tensor.data[rows], tensor.tensor_type, np.arange(len(rows)), edits.mult[scale], name)
+            data = tensor.data.reshape(-1, tensor.data.shape[-1])
+            patched = scale_rows(data[rows], tensor.tensor_type, np.arange(len(rows)), edits.mult[scale], name)
             row_patches[name] = (rows, patched)
             scaled_rows += int(scale.sum())
         if (edits.add != 0).any():
+            if arch.experts:
+                raise SteerkitError(
+                    f"{source}: clamp/add edits of expert neurons cannot be patched: an expert writes only for the "
+                    "tokens routed to it and llama.cpp's MoE graphs load no per-expert bias; only scale/ablate "
+                    "edits can be patched (use the transformers hooks for the rest)")
             if not arch.llama_cpp_ffn_down_bias:
                 if approximate:
                     stand_in_needed = True

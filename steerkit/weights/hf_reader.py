@@ -73,14 +73,20 @@ class HFWeights(WeightReader):
         eps = config.get("rms_norm_eps", 1e-6)
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps):
             raise SteerkitError(f"{where}: rms_norm_eps: expected a finite number, got {str(eps)[:40]}")
+        experts = arch.experts
+        if experts and (config.get("mlp_only_layers") or config.get("decoder_sparse_step", 1) != 1):
+            raise SteerkitError(f"{where}: dense layers among the expert layers (mlp_only_layers, decoder_sparse_step) "
+                                "are not supported")
         self.info = ModelInfo(
             arch=arch,
             n_layers=_size(config, "num_hidden_layers", where),
             d_model=_size(config, "hidden_size", where),
-            d_ff=_size(config, "intermediate_size", where),
+            d_ff=_size(config, experts.width_key if experts else "intermediate_size", where),
             vocab_size=_size(config, "vocab_size", where),
             rms_eps=float(eps),
             label=label or str(self.folder),
+            n_experts=_size(config, next((k for k in experts.count_keys if k in config), experts.count_keys[0]), where)
+            if experts else 1,
         )
         self._check_shapes()
 
@@ -97,10 +103,11 @@ class HFWeights(WeightReader):
         if not self._tied:
             wanted["lm_head.weight"] = (info.vocab_size, info.d_model)
         for layer in range(info.n_layers):
-            prefix = info.arch.hf_mlp_path.format(layer=layer)
-            wanted[f"{prefix}.up_proj.weight"] = (info.d_ff, info.d_model)
-            wanted[f"{prefix}.gate_proj.weight"] = (info.d_ff, info.d_model)
-            wanted[f"{prefix}.down_proj.weight"] = (info.d_model, info.d_ff)
+            gate, up, down = self._projection_names(layer)
+            for name in gate + up:
+                wanted[name] = (info.d_ff, info.d_model)
+            for name in down:
+                wanted[name] = (info.d_model, info.d_ff)
         for name, shape in wanted.items():
             if self._shape(name) != shape:
                 raise SteerkitError(f"{self.folder}: tensor {name} has shape {list(self._shape(name))}, expected "
@@ -113,19 +120,28 @@ class HFWeights(WeightReader):
                 return self._handles[self._where[key]].get_tensor(key).float().numpy()
         raise SteerkitError(f"{self.folder}: tensor {name!r} is missing (is this a complete model?)")
 
-    def _mlp(self, layer: int, proj: str) -> np.ndarray:
+    def _projection_names(self, layer: int) -> tuple[list[str], list[str], list[str]]:
+        """The saved gate, up and down tensors of one layer: one each, or one per expert (in expert order)."""
+        experts = self.info.arch.experts
+        if experts is None:
+            prefix = self.info.arch.hf_mlp_path.format(layer=layer)
+            return [f"{prefix}.gate_proj.weight"], [f"{prefix}.up_proj.weight"], [f"{prefix}.down_proj.weight"]
+        prefixes = [experts.hf_prefix.format(layer=layer, expert=e) for e in range(self.info.n_experts)]
+        gate, up, down = ([f"{p}.{name}.weight" for p in prefixes] for name in experts.hf_names)
+        return gate, up, down
+
+    def _mlp(self, layer: int, which: int) -> list[np.ndarray]:
         self.check_layer(layer)
-        prefix = self.info.arch.hf_mlp_path.format(layer=layer)
-        return self._get(f"{prefix}.{proj}.weight")
+        return [self._get(name) for name in self._projection_names(layer)[which]]
 
     def up_rows(self, layer: int) -> np.ndarray:
-        return self._mlp(layer, "up_proj")
+        return np.concatenate(self._mlp(layer, 1))
 
     def gate_rows(self, layer: int) -> np.ndarray:
-        return self._mlp(layer, "gate_proj")
+        return np.concatenate(self._mlp(layer, 0))
 
     def down_cols(self, layer: int) -> np.ndarray:
-        return np.ascontiguousarray(self._mlp(layer, "down_proj").T)
+        return np.ascontiguousarray(np.concatenate([down.T for down in self._mlp(layer, 2)]))
 
     def norm_gain(self) -> np.ndarray:
         return self._get("model.norm.weight") + np.float32(self.info.arch.hf_norm_offset)
