@@ -99,6 +99,18 @@ MUTANTS: dict[str, tuple[str, str, str, list[str]]] = {
     "candidates: specificity against the other sign's top token": (
         "steerkit/candidates.py", "np.take_along_axis(atlas.probs[:, :, :, 0], write_view[..., None], axis=2)",
         "np.take_along_axis(atlas.probs[:, :, :, 0], (5 - write_view)[..., None], axis=2)", ["tests/test_discover.py"]),
+    "experts hook: the router weight ignored": (
+        "runtimes/hf/experts.py", "return output + ((edited - h) * weight) @ down.to(dtype)",
+        "return output + (edited - h) @ down.to(dtype)", ["tests/test_experts.py"]),
+    "experts hook: gate row read as the up row": (
+        "runtimes/hf/experts.py", "up = module.gate_up_proj[experts, d_ff + index]",
+        "up = module.gate_up_proj[experts, index]", ["tests/test_experts.py"]),
+    "GGUF experts: down columns read in the wrong expert order": (
+        "steerkit/weights/gguf_reader.py", "return np.ascontiguousarray(np.swapaxes(down, -1, -2).reshape(-1, self.info.d_model))",
+        "return np.ascontiguousarray(np.swapaxes(down, -1, -2)[::-1].reshape(-1, self.info.d_model))", ["tests/test_experts.py"]),
+    "profile: flat index of an expert's neuron off by one expert": (
+        "steerkit/profile.py", "return (self.expert or 0) * d_ff + self.neuron",
+        "return max(0, (self.expert or 0) - 1) * d_ff + self.neuron", ["tests/test_experts.py"]),
     "activation scale: mean instead of peak": (
         "runtimes/hf/measure.py", "args[0].detach().abs().flatten(0, -2).amax(dim=0)",
         "args[0].detach().abs().flatten(0, -2).mean(dim=0)", ["tests/test_discover.py"]),

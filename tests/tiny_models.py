@@ -121,16 +121,76 @@ def save_gguf(model, path: Path, tokens: list[str] | None = None, ffn_type=None,
         else:
             matrices = {ours: state[f"model.layers.{i}.mlp.{theirs}.weight"]
                         for ours, theirs in (("ffn_up", "up_proj"), ("ffn_gate", "gate_proj"), ("ffn_down", "down_proj"))}
-        for ours, weight in matrices.items():
-            weight = np.ascontiguousarray(weight)
-            if ffn_type is None:
-                writer.add_tensor(f"blk.{i}.{ours}.weight", weight)
-            else:
-                from gguf.quants import quantize
+        _add_matrices(writer, i, matrices, ffn_type)
+    return _finish(writer, path)
 
-                writer.add_tensor(f"blk.{i}.{ours}.weight", quantize(weight, ffn_type), raw_dtype=ffn_type)
+
+def _add_matrices(writer: GGUFWriter, layer: int, matrices: dict[str, np.ndarray], qtype=None) -> None:
+    """Layer ``layer``'s tensors ``blk.N.NAME.weight``: F32, or quantized to ``qtype`` with gguf-py."""
+    from gguf.quants import quantize
+
+    for name, weight in matrices.items():
+        weight = np.ascontiguousarray(weight)
+        if qtype is None:
+            writer.add_tensor(f"blk.{layer}.{name}.weight", weight)
+        else:
+            writer.add_tensor(f"blk.{layer}.{name}.weight", quantize(weight, qtype), raw_dtype=qtype)
+
+
+def _finish(writer: GGUFWriter, path: Path) -> Path:
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def _rope_permute(weight: np.ndarray, n_head: int) -> np.ndarray:
+    # llama.cpp's llama graph rotates adjacent pairs; transformers rotates halves: its converter reorders q/k rows.
+    return weight.reshape(n_head, 2, weight.shape[0] // n_head // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+
+
+def save_full_mixtral_gguf(model, path: Path) -> Path:
+    """A complete GGUF of a tiny Mixtral (attention too) that stock llama.cpp loads and runs, as its converter
+    writes one: ``llama`` architecture with ``expert_count``, q/k rows reordered for its rotary embedding,
+    a plain SentencePiece-style vocabulary (tests feed token ids).  All tensors F32."""
+    config = model.config
+    state = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+    tokens = tiny_tokens()
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_rope_dimension_count(config.head_dim)
+    writer.add_rope_freq_base(float(config.rope_parameters["rope_theta"]))
+    writer.add_expert_count(config.num_local_experts)
+    writer.add_expert_used_count(config.num_experts_per_tok)
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores([0.0] * len(tokens))
+    writer.add_token_types([1] * len(tokens))
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_tensor("token_embd.weight", state["model.embed_tokens.weight"])
+    writer.add_tensor("output_norm.weight", state["model.norm.weight"])
+    writer.add_tensor("output.weight", state["lm_head.weight"])
+    for i in range(config.num_hidden_layers):
+        prefix = f"model.layers.{i}."
+        gate_up = state[prefix + "mlp.experts.gate_up_proj"]
+        tensors = {
+            "attn_norm": state[prefix + "input_layernorm.weight"],
+            "attn_q": _rope_permute(state[prefix + "self_attn.q_proj.weight"], config.num_attention_heads),
+            "attn_k": _rope_permute(state[prefix + "self_attn.k_proj.weight"], config.num_key_value_heads),
+            "attn_v": state[prefix + "self_attn.v_proj.weight"],
+            "attn_output": state[prefix + "self_attn.o_proj.weight"],
+            "ffn_norm": state[prefix + "post_attention_layernorm.weight"],
+            "ffn_gate_inp": state[prefix + "mlp.gate.weight"],
+        }
+        tensors.update({"ffn_gate_exps": gate_up[:, :EXPERT_WIDTH], "ffn_up_exps": gate_up[:, EXPERT_WIDTH:],
+                        "ffn_down_exps": state[prefix + "mlp.experts.down_proj"]})
+        _add_matrices(writer, i, tensors)
+    return _finish(writer, path)
