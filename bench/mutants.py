@@ -103,8 +103,22 @@ MUTANTS: dict[str, tuple[str, str, str, list[str]]] = {
         "runtimes/hf/experts.py", "return output + ((edited - h) * weight) @ down.to(dtype)",
         "return output + (edited - h) @ down.to(dtype)", ["tests/test_experts.py"]),
     "experts hook: gate row read as the up row": (
-        "runtimes/hf/experts.py", "up = module.gate_up_proj[experts, d_ff + index]",
-        "up = module.gate_up_proj[experts, index]", ["tests/test_experts.py"]),
+        "runtimes/hf/experts.py", "return index, self.d_ff + index", "return index, index", ["tests/test_experts.py"]),
+    "gpt-oss hook: interleaved gate and up columns swapped": (
+        "runtimes/hf/experts.py", "return 2 * index, 2 * index + 1", "return 2 * index + 1, 2 * index",
+        ["tests/test_gpt_oss.py"]),
+    "gpt-oss hook: the gate/up biases left out": (
+        "runtimes/hf/experts.py", "        if self.has_bias:\n            gate_out", "        if False:\n            gate_out",
+        ["tests/test_gpt_oss.py"]),
+    "gpt-oss reader: gate read as up from the fused checkpoint": (
+        "steerkit/weights/hf_reader.py", "self._get(gate_up)[:, :, which::2]", "self._get(gate_up)[:, :, 1 - which::2]",
+        ["tests/test_gpt_oss.py"]),
+    "gpt-oss patch: an ablated neuron's up bias left at 0": (
+        "runtimes/llamacpp/patch.py", "bias.reshape(-1)[neurons[zero]] = -1.0", "bias.reshape(-1)[neurons[zero]] = 0.0",
+        ["tests/test_gpt_oss.py"]),
+    "gpt-oss bake: clamp's constant added to every expert's bias": (
+        "runtimes/hf/bake.py", "index_add_(0, owners, offsets)", "index_add_(0, torch.zeros_like(owners), offsets).add_(offsets.sum(0))",
+        ["tests/test_gpt_oss.py"]),
     "GGUF experts: down columns read in the wrong expert order": (
         "steerkit/weights/gguf_reader.py", "return np.ascontiguousarray(np.swapaxes(down, -1, -2).reshape(-1, self.info.d_model))",
         "return np.ascontiguousarray(np.swapaxes(down, -1, -2)[::-1].reshape(-1, self.info.d_model))", ["tests/test_experts.py"]),

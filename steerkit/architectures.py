@@ -24,6 +24,14 @@ transformers' modelling code):
   ``blk.N.ffn_{gate,up,down}_exps`` (Mixtral converts to ``llama`` with
   ``llama.expert_count`` set).  A neuron is (layer, expert, index); inside
   steerkit its flat index is ``expert * d_ff + index``.
+* gpt-oss (``gpt_oss``; GGUF ``gpt-oss``) saves its experts fused as they sit
+  in memory: ``mlp.experts.gate_up_proj`` ``[E, d, 2*d_ff]`` with gate and up
+  interleaved (columns ``2i`` and ``2i+1``), ``down_proj`` ``[E, d_ff, d]``,
+  and a bias on each (``gate_up_proj_bias``, ``down_proj_bias``).  Its
+  activation is ``h = (clamp(u, -7, 7) + 1) * g' * sigmoid(1.702 g')`` with
+  ``g' = min(g, 7)``: not linear in the up row, so a scaled neuron is its
+  scaled down column; the per-expert down bias (added before the router
+  weight, in transformers and llama.cpp alike) carries clamp/add exactly.
 """
 
 from __future__ import annotations
@@ -43,8 +51,12 @@ class ExpertLayout:
     width_key: str  # config.json field: neurons per expert
     # One expert's saved tensors: prefix (with {layer} and {expert}) and the gate, up and down names.
     hf_prefix: str
-    hf_names: tuple[str, str, str]
+    hf_names: tuple[str, ...]  # gate, up, down (fused: gate_up, down)
     gguf_width_key: str  # GGUF metadata key suffix holding the expert width
+    # gpt-oss: saved fused (hf_prefix without {expert}; hf_names = gate_up, down), interleaved and transposed.
+    hf_fused: bool = False
+    # Every expert has gate/up/down biases (HF ``*_bias``, GGUF ``ffn_*_exps.bias``): clamp/add can be baked.
+    biases: bool = False
 
 
 @dataclass(frozen=True)
@@ -54,7 +66,7 @@ class ArchSpec:
     name: str
     gguf_names: tuple[str, ...]
     hf_model_types: tuple[str, ...]
-    activation: str  # "silu" (SwiGLU) or "gelu_tanh" (GeGLU)
+    activation: str  # "silu" (SwiGLU), "gelu_tanh" (GeGLU) or "swiglu_oai" (gpt-oss's clamped SwiGLU)
     hf_norm_offset: float  # add to HF norm weights to get the gain
     embedding_scale: bool  # input embeddings scaled by sqrt(d_model)
     post_ffn_norm: bool  # FFN output is RMS-normalised before the residual add
@@ -62,6 +74,9 @@ class ArchSpec:
     # Hugging Face module path of one decoder layer's MLP.
     hf_mlp_path: str = "model.layers.{layer}.mlp"
     experts: ExpertLayout | None = None  # set for mixture-of-experts families
+    # transformers can load this family's GGUFs.  gpt-oss: transformers 5.24 leaves its experts and attention
+    # sinks out (randomly initialised, or refused on a size mismatch), so its GGUFs are not converted.
+    transformers_reads_gguf: bool = True
 
 
 ARCHITECTURES: tuple[ArchSpec, ...] = (
@@ -81,6 +96,11 @@ ARCHITECTURES: tuple[ArchSpec, ...] = (
              experts=ExpertLayout(("num_experts", "num_local_experts"), "moe_intermediate_size",
                                   "model.layers.{layer}.mlp.experts.{expert}", ("gate_proj", "up_proj", "down_proj"),
                                   "expert_feed_forward_length")),
+    ArchSpec("gpt-oss", ("gpt-oss",), ("gpt_oss",), "swiglu_oai", 0.0, False, False, False,
+             experts=ExpertLayout(("num_local_experts",), "intermediate_size", "model.layers.{layer}.mlp.experts",
+                                  ("gate_up_proj", "down_proj"), "expert_feed_forward_length", hf_fused=True,
+                                  biases=True),
+             transformers_reads_gguf=False),
 )
 
 #: llama.cpp converts Mixtral to ``general.architecture = llama`` with ``llama.expert_count`` set.

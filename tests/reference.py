@@ -61,10 +61,22 @@ def logits(model, ids):
         return model(ids).logits
 
 
+def _expert_output(experts, e, x, edit_h):
+    """Expert ``e``'s output for one token ``x``, its activations passed through ``edit_h`` first.  Mixtral-style
+    experts: ``down_e @ (act(gate_e x) * up_e x)``; gpt-oss (fused, interleaved, biased):
+    ``h_e(x) @ down_e + b_e`` with :func:`gpt_oss_activations`."""
+    if hasattr(experts, "gate_up_proj_bias"):
+        h = gpt_oss_activations(x, experts.gate_up_proj[e], experts.gate_up_proj_bias[e]).clone()
+        return edit_h(h) @ experts.down_proj[e] + experts.down_proj_bias[e]
+    d_ff = experts.down_proj.shape[-1]
+    gate, up = experts.gate_up_proj[e, :d_ff], experts.gate_up_proj[e, d_ff:]
+    return experts.down_proj[e] @ edit_h((experts.act_fn(gate @ x) * (up @ x)).clone())
+
+
 @contextlib.contextmanager
 def manual_expert_edit(model, edits, strength=1.0, token_mask=None):
     """Reference for mixture-of-experts layers: each edited layer's experts run as a plain loop over tokens
-    and their routed experts, ``out[t] += w * down_e @ edit(act(gate_e x) * up_e x)``, editing ``h`` of
+    and their routed experts, ``out[t] += w * expert_e(x)`` (:func:`_expert_output`), editing ``h`` of
     neuron ``(edit.expert, edit.neuron)`` inside its expert.  The model's own router still picks the
     experts and weights.  ``token_mask`` (optional, over the batch's tokens in row-major order) says
     which tokens are edited."""
@@ -74,18 +86,19 @@ def manual_expert_edit(model, edits, strength=1.0, token_mask=None):
         mine = [e for e in edits if e.layer == layer]
 
         def forward(x, top_k_index, top_k_weights, experts=experts, mine=mine):
-            d_ff = experts.down_proj.shape[-1]
             out = torch.zeros_like(x)
             for t in range(x.shape[0]):
                 for k in range(top_k_index.shape[1]):
                     e = int(top_k_index[t, k])
-                    gate, up = experts.gate_up_proj[e, :d_ff], experts.gate_up_proj[e, d_ff:]
-                    h = (experts.act_fn(gate @ x[t]) * (up @ x[t])).clone()
-                    if token_mask is None or bool(token_mask[t]):
-                        for edit in mine:
-                            if edit.expert == e:
-                                h[edit.neuron] = edited(h[edit.neuron], edit, strength)
-                    out[t] += top_k_weights[t, k] * (experts.down_proj[e] @ h)
+
+                    def edit_h(h, e=e, t=t):
+                        if token_mask is None or bool(token_mask[t]):
+                            for edit in mine:
+                                if edit.expert == e:
+                                    h[edit.neuron] = edited(h[edit.neuron], edit, strength)
+                        return h
+
+                    out[t] += top_k_weights[t, k] * _expert_output(experts, e, x[t], edit_h)
             return out
 
         experts.forward = forward
@@ -95,3 +108,40 @@ def manual_expert_edit(model, edits, strength=1.0, token_mask=None):
     finally:
         for experts in patched:
             del experts.forward
+
+
+def gpt_oss_activations(x, gate_up, bias, alpha=1.702, limit=7.0):
+    """gpt-oss's expert activations for rows ``x``, written from its definition: gate and up interleaved in
+    ``gate_up [d, 2*d_ff]`` (+ ``bias``), ``h = (clamp(up, -limit, limit) + 1) * g * sigmoid(alpha * g)`` with
+    ``g = min(gate, limit)``."""
+    out = x @ gate_up + bias
+    gate, up = out[..., 0::2].clamp(max=limit), out[..., 1::2].clamp(-limit, limit)
+    return (up + 1) * gate * torch.sigmoid(alpha * gate)
+
+
+def llama_cpp_logits(path, ids):
+    """Stock llama.cpp's logits for every position of ``ids`` (2 threads, one context at a time)."""
+    import numpy as np
+    from llama_cpp import Llama
+
+    llm = Llama(str(path), n_ctx=64, logits_all=True, verbose=False, n_threads=2, n_batch=64)
+    llm.eval(ids)
+    scores = np.array(llm.scores[:len(ids)])
+    llm.close()
+    return scores
+
+
+def patched_file_against_hooks(model, source, patched, plan, ids):
+    """``(noise, error, moved)``: llama.cpp on the unpatched file against transformers, on the patched file
+    against transformers with ``plan`` as hooks, and how far the hooks move the logits."""
+    import numpy as np
+
+    from steerkit.runtimes.hf.hooks import attach
+
+    plain = logits(model, torch.tensor([ids]))[0].numpy()
+    handle = attach(model, plan)
+    steered = logits(model, torch.tensor([ids]))[0].numpy()
+    handle.remove()
+    noise = np.abs(llama_cpp_logits(source, ids) - plain).max()
+    error = np.abs(llama_cpp_logits(patched, ids) - steered).max()
+    return noise, error, np.abs(steered - plain).max()

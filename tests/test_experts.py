@@ -17,7 +17,7 @@ import torch
 from gguf import GGMLQuantizationType as Q
 from transformers import AutoModelForCausalLM
 
-from reference import edited, logits, manual_expert_edit
+from reference import edited, logits, manual_expert_edit, patched_file_against_hooks
 from steerkit.errors import SteerkitError, UnsupportedEdit
 from steerkit.plan import compile_plan
 from steerkit.profile import Edit, ModelBinding, Profile, dump_profile, parse_profile
@@ -294,8 +294,6 @@ def test_stock_llama_cpp_runs_the_patched_moe_file_like_the_hooks(tmp_path):
     transformers with the edits as hooks.  F32 experts: llama.cpp's Q8_0 kernels quantize the activations
     too, which flips near-tied routing choices of a random tiny model (measured: 7.8 on one position's
     logits, 0.1 on the others); the quantized rows' scale fields are checked exactly above."""
-    from llama_cpp import Llama
-
     from steerkit.runtimes.llamacpp.patch import patch_gguf
 
     model = tiny_model("mixtral")
@@ -307,21 +305,8 @@ def test_stock_llama_cpp_runs_the_patched_moe_file_like_the_hooks(tmp_path):
     profile = Profile("moe", binding, edits)
     patch_gguf(source, [profile], tmp_path / "patched.gguf", progress=False)
     ids = [5, 17, 33, 60, 8, 44, 71, 12]
-
-    def llama_cpp_logits(path):
-        llm = Llama(str(path), n_ctx=64, logits_all=True, verbose=False, n_threads=2, n_batch=64)
-        llm.eval(ids)
-        scores = np.array(llm.scores[:len(ids)])
-        llm.close()
-        return scores
-
-    plain_hf = logits(model, torch.tensor([ids]))[0].numpy()
-    handle = attach(model, compile_plan([profile], binding))
-    steered_hf = logits(model, torch.tensor([ids]))[0].numpy()
-    handle.remove()
-    noise = np.abs(llama_cpp_logits(source) - plain_hf).max()  # llama.cpp keeps K/V in f16: 0.064 here
-    error = np.abs(llama_cpp_logits(tmp_path / "patched.gguf") - steered_hf).max()
-    moved = np.abs(steered_hf - plain_hf).max()
+    noise, error, moved = patched_file_against_hooks(model, source, tmp_path / "patched.gguf",
+                                                     compile_plan([profile], binding), ids)
     print(f"noise {noise:.4f}, patched vs hooks {error:.4f}, edit effect {moved:.3f}")
     assert moved > 30 * noise  # the edits move the logits far beyond the runtimes' disagreement
     assert error <= 2 * noise + 1e-3

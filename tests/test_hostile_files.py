@@ -306,13 +306,14 @@ def test_prompt_files_are_read_bounded(tmp_path):
 
 def test_a_damaged_cached_atlas_is_rebuilt_and_a_damaged_file_refused(tmp_path, monkeypatch):
     from steerkit.atlas import atlas_for, atlas_path, load_atlas
+    from steerkit.precision import choose_precision
 
     monkeypatch.setenv("STEERKIT_CACHE", str(tmp_path / "cache"))
     path = tmp_path / "tiny.gguf"
     path.write_bytes(tiny_llama().bytes())
     reader = open_weights(str(path))
     good = atlas_for(reader, top_k=3, progress=False)
-    cached = atlas_path(reader.fingerprint(), 3)
+    cached = atlas_path(reader.fingerprint(), 3, choose_precision("cpu").label)  # bf16 where the CPU has it
     cached.write_bytes(cached.read_bytes()[:200])  # truncated
     with pytest.raises(SteerkitError, match="cannot read atlas"):
         load_atlas(cached)

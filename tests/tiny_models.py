@@ -27,7 +27,9 @@ MOE_ARCHS = {
     "qwen3_moe": ("Qwen3MoeConfig", "qwen3moe"),
 }
 N_EXPERTS, EXPERT_WIDTH = 4, 32
-_ALL = {**ARCHS, **MOE_ARCHS}
+# gpt-oss: fused experts with gate/up interleaved, biases everywhere and a clamped SwiGLU (same sizes).
+OSS_ARCHS = {"gpt_oss": ("GptOssConfig", "gpt-oss")}
+_ALL = {**ARCHS, **MOE_ARCHS, **OSS_ARCHS}
 
 VOCAB = 96
 WORDS = ["dog", "Ġdog", "Dog", "Ġdogs", "cat", "Ġcat"]
@@ -54,6 +56,9 @@ def tiny_config(model_type: str, **overrides):
         kwargs.update(num_local_experts=N_EXPERTS, num_experts_per_tok=2, intermediate_size=EXPERT_WIDTH)
     if model_type == "qwen3_moe":
         kwargs.update(num_experts=N_EXPERTS, num_experts_per_tok=2, moe_intermediate_size=EXPERT_WIDTH, norm_topk_prob=True)
+    if model_type == "gpt_oss":  # plain RoPE (no YaRN) keeps the complete GGUF below simple
+        kwargs.update(num_local_experts=N_EXPERTS, num_experts_per_tok=2, intermediate_size=EXPERT_WIDTH,
+                      sliding_window=16, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
     kwargs.update(overrides)
     return cls(**kwargs)
 
@@ -68,7 +73,9 @@ def tiny_model(model_type: str, seed: int = 0, **overrides):
         for name, param in model.named_parameters():
             if name.endswith("norm.weight"):
                 param.normal_(0.0, 0.3) if model_type.startswith("gemma") else param.normal_(1.0, 0.3)
-            elif param.dim() >= 2:  # matrices, and stacked experts
+            elif param.dim() >= 2:  # matrices, and stacked experts (gpt-oss's expert biases too)
+                param.normal_(0.0, 0.5)
+            elif model_type in OSS_ARCHS:  # gpt-oss: attention and router biases, attention sinks
                 param.normal_(0.0, 0.5)
     return model.eval()
 
@@ -87,6 +94,8 @@ def save_gguf(model, path: Path, tokens: list[str] | None = None, ffn_type=None,
     """
     config = model.config
     arch = _ALL[config.model_type][1]
+    if config.model_type in OSS_ARCHS:
+        return _save_gpt_oss_gguf(model, path, tokens, ffn_type)
     experts = config.model_type in MOE_ARCHS
     gemma = config.model_type.startswith("gemma")
     state = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
@@ -125,6 +134,97 @@ def save_gguf(model, path: Path, tokens: list[str] | None = None, ffn_type=None,
     return _finish(writer, path)
 
 
+def gpt_oss_experts(model, layer: int) -> dict[str, np.ndarray]:
+    """Layer ``layer``'s experts as llama.cpp's converter writes gpt-oss: gate and up de-interleaved,
+    ``[E, d_ff, d]`` and ``[E, d, d_ff]`` matrices, ``[E, d_ff]`` / ``[E, d]`` biases, the router and its bias."""
+    mlp = model.model.layers[layer].mlp
+    gate_up = mlp.experts.gate_up_proj.detach().float().numpy()  # [E, d, 2 * d_ff]
+    bias = mlp.experts.gate_up_proj_bias.detach().float().numpy()
+    return {
+        "ffn_gate_exps.weight": gate_up[:, :, 0::2].transpose(0, 2, 1), "ffn_up_exps.weight": gate_up[:, :, 1::2].transpose(0, 2, 1),
+        "ffn_down_exps.weight": mlp.experts.down_proj.detach().float().numpy().transpose(0, 2, 1),
+        "ffn_gate_exps.bias": bias[:, 0::2], "ffn_up_exps.bias": bias[:, 1::2],
+        "ffn_down_exps.bias": mlp.experts.down_proj_bias.detach().float().numpy(),
+        "ffn_gate_inp.weight": mlp.router.weight.detach().float().numpy(),
+        "ffn_gate_inp.bias": mlp.router.bias.detach().float().numpy(),
+    }
+
+
+def _add_gpt_oss_experts(writer: GGUFWriter, model, layer: int, ffn_type=None) -> None:
+    tensors = gpt_oss_experts(model, layer)
+    matrices = {k.removesuffix(".weight"): tensors.pop(k) for k in list(tensors) if k.endswith("_exps.weight")}
+    _add_matrices(writer, layer, matrices, ffn_type)
+    for name, value in tensors.items():  # biases and the router stay F32, as the converter leaves them
+        writer.add_tensor(f"blk.{layer}.{name}", np.ascontiguousarray(value, dtype=np.float32))
+
+
+def _full_header(writer: GGUFWriter, config, tokens: list[str]) -> GGUFWriter:
+    """The metadata llama.cpp needs to run a tiny mixture of experts: shapes, attention, RoPE, experts and a
+    plain SentencePiece-style vocabulary."""
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_rope_dimension_count(config.head_dim)
+    writer.add_rope_freq_base(float(config.rope_parameters["rope_theta"]))
+    writer.add_expert_count(config.num_local_experts)
+    writer.add_expert_used_count(config.num_experts_per_tok)
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores([0.0] * len(tokens))
+    writer.add_token_types([1] * len(tokens))
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    return writer
+
+
+def _gpt_oss_header(model, path: Path, tokens: list[str]) -> GGUFWriter:
+    config = model.config
+    writer = _full_header(GGUFWriter(str(path), "gpt-oss"), config, tokens)
+    writer.add_expert_feed_forward_length(config.intermediate_size)
+    writer.add_key_length(config.head_dim)
+    writer.add_value_length(config.head_dim)
+    writer.add_sliding_window(config.sliding_window)
+    return writer
+
+
+def _save_gpt_oss_gguf(model, path: Path, tokens: list[str] | None, ffn_type) -> Path:
+    """gpt-oss's experts, final norm and head (what neuron decoding reads)."""
+    state = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+    writer = _gpt_oss_header(model, path, tokens or tiny_tokens())
+    writer.add_tensor("token_embd.weight", state["model.embed_tokens.weight"])
+    writer.add_tensor("output_norm.weight", state["model.norm.weight"])
+    writer.add_tensor("output.weight", state["lm_head.weight"])
+    for i in range(model.config.num_hidden_layers):
+        _add_gpt_oss_experts(writer, model, i, ffn_type)
+    return _finish(writer, path)
+
+
+def save_full_gpt_oss_gguf(model, path: Path, ffn_type=None) -> Path:
+    """A complete GGUF of a tiny gpt-oss (attention with its sinks and biases) that stock llama.cpp runs, laid
+    out as llama.cpp's converter writes one (no rotary reordering: both rotate halves).  Plain RoPE, a
+    SentencePiece-style vocabulary (tests feed token ids)."""
+    config = model.config
+    state = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+    writer = _gpt_oss_header(model, path, tiny_tokens())
+    writer.add_tensor("token_embd.weight", state["model.embed_tokens.weight"])
+    writer.add_tensor("output_norm.weight", state["model.norm.weight"])
+    writer.add_tensor("output.weight", state["lm_head.weight"])
+    for i in range(config.num_hidden_layers):
+        prefix = f"model.layers.{i}."
+        names = {"attn_norm.weight": "input_layernorm.weight", "post_attention_norm.weight": "post_attention_layernorm.weight",
+                 "attn_sinks.weight": "self_attn.sinks"}
+        for proj, ours in (("q_proj", "attn_q"), ("k_proj", "attn_k"), ("v_proj", "attn_v"), ("o_proj", "attn_output")):
+            names.update({f"{ours}.weight": f"self_attn.{proj}.weight", f"{ours}.bias": f"self_attn.{proj}.bias"})
+        for ours, theirs in names.items():
+            writer.add_tensor(f"blk.{i}.{ours}", np.ascontiguousarray(state[prefix + theirs], dtype=np.float32))
+        _add_gpt_oss_experts(writer, model, i, ffn_type)
+    return _finish(writer, path)
+
+
 def _add_matrices(writer: GGUFWriter, layer: int, matrices: dict[str, np.ndarray], qtype=None) -> None:
     """Layer ``layer``'s tensors ``blk.N.NAME.weight``: F32, or quantized to ``qtype`` with gguf-py."""
     from gguf.quants import quantize
@@ -157,24 +257,7 @@ def save_full_mixtral_gguf(model, path: Path) -> Path:
     config = model.config
     state = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
     tokens = tiny_tokens()
-    writer = GGUFWriter(str(path), "llama")
-    writer.add_context_length(config.max_position_embeddings)
-    writer.add_block_count(config.num_hidden_layers)
-    writer.add_embedding_length(config.hidden_size)
-    writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_head_count(config.num_attention_heads)
-    writer.add_head_count_kv(config.num_key_value_heads)
-    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-    writer.add_rope_dimension_count(config.head_dim)
-    writer.add_rope_freq_base(float(config.rope_parameters["rope_theta"]))
-    writer.add_expert_count(config.num_local_experts)
-    writer.add_expert_used_count(config.num_experts_per_tok)
-    writer.add_tokenizer_model("llama")
-    writer.add_token_list(tokens)
-    writer.add_token_scores([0.0] * len(tokens))
-    writer.add_token_types([1] * len(tokens))
-    writer.add_bos_token_id(1)
-    writer.add_eos_token_id(2)
+    writer = _full_header(GGUFWriter(str(path), "llama"), config, tokens)
     writer.add_tensor("token_embd.weight", state["model.embed_tokens.weight"])
     writer.add_tensor("output_norm.weight", state["model.norm.weight"])
     writer.add_tensor("output.weight", state["lm_head.weight"])

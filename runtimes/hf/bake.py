@@ -6,17 +6,22 @@ since ``h = act(gate.x) * (up.x)``) and ``add * W_down[:, j]`` added to a
 ``down_proj`` bias.  Baking applies at every position.  The handle restores
 the saved rows and bias exactly.
 
-In a mixture of experts, neuron ``(e, i)``'s up row is row ``d_ff + i`` of
-``experts.gate_up_proj[e]`` (gate rows first), scaled the same way.  Its
-clamp/add cannot be baked: an expert's constant write applies only to the
-tokens routed to it, weighted by the router, and transformers' experts carry
-no bias that could hold it.
+In a mixture of experts (:class:`~steerkit.runtimes.hf.experts.ExpertLayout`),
+neuron ``(e, i)`` is scaled where its activation is linear: Mixtral-style
+experts scale its up row (row ``d_ff + i`` of ``experts.gate_up_proj[e]``);
+gpt-oss, whose ``(clamp(up) + 1) * glu(gate)`` is not linear in the up row,
+scales its down row (``experts.down_proj[e][i]``).  Clamp/add go into the
+expert's ``down_proj_bias[e]``, which both transformers and llama.cpp add
+before weighting by the router, so the constant reaches exactly the tokens
+routed to the expert, as the hooks do; experts without a bias (Mixtral,
+Qwen3-MoE) refuse clamp/add.
 """
 
 from __future__ import annotations
 
 import torch
 
+from steerkit.runtimes.hf.experts import ExpertLayout
 from steerkit.runtimes.hf.modules import mlp_module, model_arch, text_config
 from steerkit.errors import SteerkitError, UnsupportedEdit
 from steerkit.plan import LayerEdits, Plan
@@ -27,36 +32,60 @@ __all__ = ["BakedHandle", "bake", "prepare_for_save"]
 class BakedHandle:
     """Weights changed by :func:`bake`; :meth:`remove` puts the originals back."""
 
-    def __init__(self, saved: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.nn.Module | None, object]]) -> None:
-        self._saved = saved
+    def __init__(self, rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+                 biases: list[tuple[torch.nn.Module, torch.nn.Parameter | None]]) -> None:
+        self._rows = rows  # (weight [rows, d], row indices, original rows)
+        self._biases = biases  # (dense down_proj, its original bias)
 
     @torch.no_grad()
     def remove(self) -> None:
         """Restore every changed row and bias, bit for bit."""
-        for weight, rows, values, down, bias in reversed(self._saved):
+        for weight, rows, values in reversed(self._rows):
             weight.index_copy_(0, rows, values)
-            if down is not None:
-                down.bias = bias
-        self._saved = []
+        for down, bias in reversed(self._biases):
+            down.bias = bias
+        self._rows, self._biases = [], []
 
 
-def _up_rows(model: torch.nn.Module, layer: int, edits: LayerEdits) -> tuple[torch.Tensor, torch.Tensor, torch.nn.Module | None]:
-    """``(weight [rows, d], row indices, down_proj)`` holding the edited neurons' up rows (a view of the
-    parameter, so writes land in the model); ``down_proj`` is ``None`` for experts (no bias to bake into)."""
+def _scaled_rows(model: torch.nn.Module, layer: int, edits: LayerEdits) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(weight [rows, d], row indices)``: the rows whose scaling scales the edited neurons' ``h`` exactly (a
+    view of the parameter, so writes land in the model).  Raises before anything changes if the layer cannot
+    carry the plan."""
     mlp = mlp_module(model, layer)
+    neurons = torch.from_numpy(edits.neurons)
     if model_arch(model).experts is None:
         if mlp.up_proj.bias is not None:
             raise SteerkitError(f"layer {layer}: up_proj has a bias; baking a scaled row would need it scaled too")
-        weight = mlp.up_proj.weight
-        return weight, torch.from_numpy(edits.neurons).to(weight.device), mlp.down_proj
-    if bool((edits.add != 0).any()):
+        return mlp.up_proj.weight, neurons.to(mlp.up_proj.weight.device)
+    experts = mlp.experts
+    layout = ExpertLayout(experts)
+    if bool((edits.add != 0).any()) and not layout.has_bias:
         raise UnsupportedEdit(f"layer {layer}: clamp/add edits of expert neurons cannot be baked into weights (an "
                               "expert writes only for the tokens routed to it, and its MLP has no bias): use hooks, "
                               "or scale/ablate edits", "weights")
-    fused = mlp.experts.gate_up_proj.data  # [E, 2 * d_ff, d]
-    d_ff = fused.shape[1] // 2
-    experts, index = torch.from_numpy(edits.neurons).div(d_ff, rounding_mode="floor"), torch.from_numpy(edits.neurons) % d_ff
-    return fused.view(-1, fused.shape[-1]), (experts * 2 * d_ff + d_ff + index).to(fused.device), None
+    if layout.transposed:  # gpt-oss: down_proj [E, d_ff, d], one row per flat neuron
+        down = experts.down_proj.data
+        return down.view(-1, down.shape[-1]), neurons.to(down.device)
+    if not layout.concatenated or layout.has_bias:
+        raise UnsupportedEdit(f"layer {layer}: {type(experts).__name__} keeps its experts in a layout steerkit cannot "
+                              "bake (interleaved or biased up rows, untransposed down): use hooks", "weights")
+    fused = experts.gate_up_proj.data  # [E, 2 * d_ff, d]
+    index, expert = neurons % layout.d_ff, neurons // layout.d_ff
+    return fused.view(-1, fused.shape[-1]), (expert * 2 * layout.d_ff + layout.d_ff + index).to(fused.device)
+
+
+def _add_expert_bias(experts: torch.nn.Module, edits: LayerEdits, saved: list) -> None:
+    """``add * W_down[e][:, i]`` into each edited expert's ``down_proj_bias[e]`` (the original rows saved first)."""
+    layout = ExpertLayout(experts)
+    neurons = torch.from_numpy(edits.neurons).to(experts.down_proj.device)
+    add = torch.from_numpy(edits.add).to(experts.down_proj.device, torch.float32)
+    owners = layout.split(neurons)[0]
+    bias = experts.down_proj_bias.data  # [E, d]
+    touched = torch.unique(owners[add != 0])
+    saved.append((bias, touched, bias.index_select(0, touched).clone()))
+    offsets = layout.down_vectors(experts.down_proj, neurons).float() * add[:, None]  # [n, d]
+    total = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device).index_add_(0, owners, offsets)
+    bias.index_copy_(0, touched, (bias.float() + total).index_select(0, touched).to(bias.dtype))
 
 
 @torch.no_grad()
@@ -65,23 +94,30 @@ def bake(model: torch.nn.Module, plan: Plan) -> BakedHandle:
 
     Refuses, before changing anything, plans restricted to prompt or
     generated positions, ``up_proj`` layers that carry a bias, and clamp/add
-    edits of expert neurons.
+    edits of expert neurons without an expert bias.
     """
     merged = plan.merged()
-    targets = [(*_up_rows(model, layer, edits), edits) for layer, edits in merged.items()]  # all checked first
-    saved = []
-    for weight, rows, down, edits in targets:
-        saved.append((weight, rows, weight.index_select(0, rows).clone(), down, down.bias if down is not None else None))
+    targets = [(layer, *_scaled_rows(model, layer, edits), edits) for layer, edits in merged.items()]  # all checked
+    rows_saved, biases_saved = [], []
+    for layer, weight, rows, edits in targets:
+        add = torch.from_numpy(edits.add)
+        has_add = bool((add != 0).any())
+        mlp = mlp_module(model, layer)
+        experts = model_arch(model).experts is not None
+        if has_add and experts:  # before the rows change: the offsets use the original down vectors
+            _add_expert_bias(mlp.experts, edits, rows_saved)
+        rows_saved.append((weight, rows, weight.index_select(0, rows).clone()))
         mult = torch.from_numpy(edits.mult).to(weight.device, torch.float32)
         weight.index_copy_(0, rows, (weight.index_select(0, rows).float() * mult[:, None]).to(weight.dtype))
-        add = torch.from_numpy(edits.add)
-        neurons = torch.from_numpy(edits.neurons).to(weight.device)
-        if bool((add != 0).any()):
-            columns = down.weight.index_select(1, neurons.to(down.weight.device)).float()  # [d_model, n]
+        if has_add and not experts:
+            down = mlp.down_proj
+            neurons = torch.from_numpy(edits.neurons).to(down.weight.device)
+            biases_saved.append((down, down.bias))
+            columns = down.weight.index_select(1, neurons).float()  # [d_model, n]
             offset = columns @ add.to(columns.device)
             base = down.bias.float() if down.bias is not None else torch.zeros_like(offset)
             down.bias = torch.nn.Parameter((base + offset).to(down.weight.dtype), requires_grad=False)
-    return BakedHandle(saved)
+    return BakedHandle(rows_saved, biases_saved)
 
 
 @torch.no_grad()
@@ -96,7 +132,7 @@ def prepare_for_save(model: torch.nn.Module) -> None:
     config = text_config(model)
     layers = range(config.num_hidden_layers)
     if model_arch(model).experts is not None:
-        return  # expert neurons bake scale/ablate only (bake refuses clamp/add): no bias to save
+        return  # experts save what bake changed: their rows, and the expert biases where they exist
     if not any(mlp_module(model, layer).down_proj.bias is not None for layer in layers):
         return
     if not hasattr(config, "mlp_bias"):

@@ -20,6 +20,7 @@ from steerkit.fingerprint import file_sha256
 from steerkit.runtimes.base import check_dtype
 from steerkit.sources import ModelSource, resolve_model
 from steerkit.version import __version__
+from steerkit.weights.gguf_reader import GGUFWeights
 
 __all__ = ["hf_folder", "load_model"]
 
@@ -29,6 +30,10 @@ def _convert_gguf(source: ModelSource, target: Path) -> None:
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    arch = GGUFWeights(source.path).info.arch
+    if not arch.transformers_reads_gguf:
+        raise SteerkitError(f"{source.path}: transformers cannot load {arch.name} GGUFs (it drops the experts); "
+                            "use the model's Hugging Face folder with transformers, or this file with llama.cpp")
     kwargs = {"gguf_file": source.path.name}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.path.parent, **kwargs)

@@ -20,7 +20,7 @@ import torch
 from steerkit.plan import Plan
 from steerkit.runtimes.hf.generate import build_inputs, generate_kwargs, text_streamer
 from steerkit.runtimes.hf.hooks import attach_rows
-from steerkit.runtimes.hf.experts import expert_activations
+from steerkit.runtimes.hf.experts import ExpertLayout, expert_activations, routing_args
 from steerkit.runtimes.hf.modules import decoder_layer, mlp_module, model_arch
 from steerkit.sampling import GREEDY, Sampling
 
@@ -45,8 +45,9 @@ def activation_scale(model, tokenizer, text: str) -> np.ndarray:
 
     def expert_recorder(layer: int):
         def hook(module, args, output):
-            x, top_k_index = args[0], args[1]
-            n_experts, d_ff = module.down_proj.shape[0], module.down_proj.shape[-1]
+            x, top_k_index, _ = routing_args(args, {})
+            layout = ExpertLayout(module)
+            n_experts, d_ff = layout.n_experts, layout.d_ff
             h = expert_activations(module, x, torch.arange(n_experts * d_ff, device=x.device))  # [T, E * d_ff]
             routed = torch.zeros(x.shape[0], n_experts, dtype=torch.bool, device=x.device)
             routed.scatter_(1, top_k_index, True)

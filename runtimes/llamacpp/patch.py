@@ -7,7 +7,9 @@ Per the compilation table (docs/formats.md), for neuron ``j`` of layer
   blocks' fp16 scale fields (:mod:`steerkit.runtimes.llamacpp.scales`), so
   ``h = act(gate.x) * (up.x)`` is scaled exactly; in a mixture of experts the
   row is ``blk.N.ffn_up_exps`` row ``(e, i)``, and clamp/add are refused (no
-  per-expert bias exists in llama.cpp's MoE graphs);
+  per-expert bias exists in llama.cpp's Mixtral/Qwen3-MoE graphs);
+* gpt-oss, whose experts carry biases and whose activation is not linear in
+  the up row, is patched differently (:func:`_biased_expert_edits`);
 * ``add != 0``: ``add * W_down[:, j]`` is summed into an F32
   ``blk.N.ffn_down.bias`` tensor, which llama.cpp's llama-family graphs load.
   Gemma's graph loads no such bias and normalises the FFN output first: with
@@ -150,6 +152,9 @@ def write_patched(
     scaled_rows = 0
     stand_in_needed = False  # clamp/add edits that only the fitted stand-in can carry
     for layer, edits in merged.items():
+        if arch.experts is not None and arch.experts.biases:
+            scaled_rows += _biased_expert_edits(weights, layer, edits, tensors, replaced, row_patches)
+            continue
         scale = edits.mult != 1.0
         if scale.any():
             name = weights.ffn_tensor_name("up", layer)  # ffn_up_exps rows are (expert, neuron), the flat order
@@ -204,6 +209,58 @@ def write_patched(
 
         write_control_vector(stand_in, weights.info.n_layers, cvec_path)
     return PatchReport(output, scaled_rows, tuple(sorted(int(n.split(".")[1]) for n in added)), digest, cvec_path, note)
+
+
+def _float_tensor(tensors: dict, name: str, source: Path, types: tuple, why: str) -> np.ndarray:
+    """A copy of a float tensor's values, ``[E, rows, cols]`` as stored (a one-line error naming it if it is
+    missing or of another type)."""
+    tensor = tensors.get(name)
+    if tensor is None:
+        raise SteerkitError(f"{source}: tensor {name} is missing (expected in a gpt-oss model)")
+    if tensor.tensor_type not in types:
+        raise SteerkitError(f"{source}: {name} is {tensor.tensor_type.name}; {why}")
+    return np.array(tensor.data, copy=True)
+
+
+def _biased_expert_edits(weights: GGUFWeights, layer: int, edits: LayerEdits, tensors: dict,
+                         replaced: dict[str, np.ndarray], row_patches: dict) -> int:
+    """Edits of gpt-oss expert neurons, whose ``h = (clamp(u) + 1) * glu(g)`` is not linear in the up row.
+
+    * ablate (and the ablating half of clamp): up row ``(e, i)`` becomes zeros (all-zero bytes are 0 in
+      every ggml type) and its up bias -1, so ``clamp(u) + 1 = 0`` and ``h = 0`` exactly;
+    * other scales: the down column ``(e, :, i)`` is scaled (F32/F16 ``ffn_down_exps`` only);
+    * add (clamp's constant): ``add * W_down[e][:, i]`` into ``ffn_down_exps.bias[e]``, which llama.cpp adds
+      before weighting by the router, so it reaches exactly the tokens routed to the expert.
+
+    Returns the number of neurons scaled.
+    """
+    source, d_ff = weights.path, weights.info.d_ff
+    neurons, mult, add = edits.neurons, edits.mult, edits.add
+    up_name, down_name = f"blk.{layer}.ffn_up_exps", f"blk.{layer}.ffn_down_exps"
+    f32, why_bias = (GGMLQuantizationType.F32,), "expected F32 (an expert bias, as llama.cpp's converter writes it)"
+    zero, scale = mult == 0.0, (mult != 0.0) & (mult != 1.0)
+    if zero.any():
+        up = tensors[up_name + ".weight"]  # checked by the reader
+        data = up.data.reshape(-1, up.data.shape[-1])  # rows (expert, neuron): the flat order
+        row_patches[up.name] = (neurons[zero], np.zeros_like(data[neurons[zero]]))
+        bias = _float_tensor(tensors, up_name + ".bias", source, f32, why_bias)  # [E, d_ff]
+        bias.reshape(-1)[neurons[zero]] = -1.0
+        replaced[up_name + ".bias"] = bias
+    if scale.any():
+        down = _float_tensor(tensors, down_name + ".weight", source, (GGMLQuantizationType.F32, GGMLQuantizationType.F16),
+                             "scale edits of gpt-oss expert neurons scale their down column, which needs it in F32 "
+                             "or F16 (ablate, clamp and add work on any type)")  # [E, d, d_ff]
+        for flat, factor in zip(neurons[scale].tolist(), mult[scale].tolist()):
+            column = down[flat // d_ff, :, flat % d_ff]
+            down[flat // d_ff, :, flat % d_ff] = (column.astype(np.float32) * np.float32(factor)).astype(down.dtype)
+        replaced[down_name + ".weight"] = down
+    if (add != 0).any():
+        bias = _float_tensor(tensors, down_name + ".bias", source, f32, why_bias)  # [E, d]
+        moved = add != 0
+        columns = weights.down_columns(layer, neurons[moved]).astype(np.float64)  # [n, d], the original weights
+        np.add.at(bias, neurons[moved] // d_ff, (add[moved].astype(np.float64)[:, None] * columns).astype(np.float32))
+        replaced[down_name + ".bias"] = bias
+    return int((mult != 1.0).sum())
 
 
 def _post_norm_stand_in(weights: GGUFWeights, plan: Plan, tensors: dict, replaced: dict[str, np.ndarray],

@@ -102,7 +102,13 @@ class HFWeights(WeightReader):
         wanted = {"model.norm.weight": (info.d_model,), "model.embed_tokens.weight": (info.vocab_size, info.d_model)}
         if not self._tied:
             wanted["lm_head.weight"] = (info.vocab_size, info.d_model)
+        experts = info.arch.experts
         for layer in range(info.n_layers):
+            if experts is not None and experts.hf_fused:
+                gate_up, down = self._fused_names(layer)
+                wanted[gate_up] = (info.n_experts, info.d_model, 2 * info.d_ff)
+                wanted[down] = (info.n_experts, info.d_ff, info.d_model)
+                continue
             gate, up, down = self._projection_names(layer)
             for name in gate + up:
                 wanted[name] = (info.d_ff, info.d_model)
@@ -130,18 +136,33 @@ class HFWeights(WeightReader):
         gate, up, down = ([f"{p}.{name}.weight" for p in prefixes] for name in experts.hf_names)
         return gate, up, down
 
-    def _mlp(self, layer: int, which: int) -> list[np.ndarray]:
+    def _fused_names(self, layer: int) -> tuple[str, str]:
+        """gpt-oss's saved ``gate_up_proj`` ``[E, d, 2*d_ff]`` (gate and up interleaved) and ``down_proj`` ``[E, d_ff, d]``."""
+        experts = self.info.arch.experts
+        prefix = experts.hf_prefix.format(layer=layer)
+        return f"{prefix}.{experts.hf_names[0]}", f"{prefix}.{experts.hf_names[1]}"
+
+    def _mlp(self, layer: int, which: int) -> np.ndarray:
+        """Gate (0), up (1) or down (2) vectors of every neuron, ``[neurons, d_model]`` in flat order."""
         self.check_layer(layer)
-        return [self._get(name) for name in self._projection_names(layer)[which]]
+        experts = self.info.arch.experts
+        if experts is not None and experts.hf_fused:
+            gate_up, down = self._fused_names(layer)
+            if which == 2:
+                return self._get(down).reshape(-1, self.info.d_model)
+            columns = self._get(gate_up)[:, :, which::2]  # [E, d, d_ff]: gate columns even, up columns odd
+            return np.ascontiguousarray(columns.transpose(0, 2, 1).reshape(-1, self.info.d_model))
+        matrices = [self._get(name) for name in self._projection_names(layer)[which]]
+        return np.ascontiguousarray(np.concatenate([m.T for m in matrices] if which == 2 else matrices))
 
     def up_rows(self, layer: int) -> np.ndarray:
-        return np.concatenate(self._mlp(layer, 1))
+        return self._mlp(layer, 1)
 
     def gate_rows(self, layer: int) -> np.ndarray:
-        return np.concatenate(self._mlp(layer, 0))
+        return self._mlp(layer, 0)
 
     def down_cols(self, layer: int) -> np.ndarray:
-        return np.ascontiguousarray(np.concatenate([down.T for down in self._mlp(layer, 2)]))
+        return self._mlp(layer, 2)
 
     def norm_gain(self) -> np.ndarray:
         return self._get("model.norm.weight") + np.float32(self.info.arch.hf_norm_offset)
