@@ -7,7 +7,7 @@ Writes a GGUF with ``--layers`` random llama layers of the 8B shapes
 ``--type``, the LM head F16), then measures on the machine at hand:
 
 * dequantizing one ``ffn_up`` and one ``ffn_down`` matrix (what the atlas reads per layer);
-* :func:`steerkit.atlas.decode_side` on ``--rows`` neurons of each (the whole
+* :func:`steerkit.full_decode.decode_side` on ``--rows`` neurons of each (the whole
   vocabulary, top-k and both log-sum-exps) against the bare GEMM of the same
   shape and dtype, in the precision :mod:`steerkit.precision` picks;
 * `find`'s estimate pass (:func:`steerkit.find.quick_find`) on whole matrices.
@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from steerkit.atlas import CHUNK_VOCAB, decode_side
+from steerkit.full_decode import CHUNK_VOCAB, decode_side, head_operands
 from steerkit.cache import atomic_write
 from steerkit.decode import rms_normalize
 from steerkit.precision import check_device, choose_precision
@@ -82,10 +82,9 @@ def measure(path: Path, layers: int, rows: int, device: str) -> dict:
     from steerkit.weights import open_weights
 
     reader = open_weights(str(path))
-    precision = choose_precision(device)
+    precision = choose_precision(device, reader.info.d_model, reader.info.vocab_size)
     gain = torch.from_numpy(reader.norm_gain()).to(device)
-    unembedding_t = torch.from_numpy(reader.unembedding()).T.contiguous().to(device)
-    fast = unembedding_t.to(precision.dtype) if precision.dtype != torch.float32 else None
+    unembedding_t, fast = head_operands(reader.unembedding(), device, precision.dtype)
     matrix = fast if fast is not None else unembedding_t
     dequant = decode = bare = estimate = 0.0
     columns = torch.from_numpy(reader.unembedding()[:SAMPLE + 4]).T.contiguous().to(device)  # a sample + a word

@@ -2,7 +2,7 @@
 
     python bench/bench_precision.py [--layers 0 10 20 29 | --all] [--rows N] [--device cpu|cuda]
 
-For each chosen layer and side, :func:`steerkit.atlas.decode_side` runs in
+For each chosen layer and side, :func:`steerkit.full_decode.decode_side` runs in
 fp32 and with bf16 candidates rescored in fp32 (what
 :mod:`steerkit.precision` picks on hardware with native BF16), and the bench
 reports, over every neuron view (neuron x sign):
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from steerkit.atlas import decode_side
+from steerkit.full_decode import decode_side, head_operands
 from steerkit.cache import atomic_write
 from steerkit.decode import SIDES
 from steerkit.precision import choose_precision
@@ -42,8 +42,7 @@ def measure(layers: list[int], device: str, rows: int | None = None) -> dict:
     reader = open_weights(None)
     info = reader.info
     gain = torch.from_numpy(reader.norm_gain()).to(device)
-    unembedding_t = torch.from_numpy(reader.unembedding()).T.contiguous().to(device)
-    fast = unembedding_t.to(torch.bfloat16)
+    unembedding_t, fast = head_operands(reader.unembedding(), device, torch.bfloat16)
     sets = tops = views = 0
     lse_diff = prob_diff = 0.0
     seconds = {"float32": 0.0, "bfloat16": 0.0}
@@ -66,7 +65,7 @@ def measure(layers: list[int], device: str, rows: int | None = None) -> dict:
             lse_diff = max(lse_diff, float((lse - lse_b).abs().max()))
             prob_diff = max(prob_diff, float((probs - probs_b).abs().max()))
         print(f"layer {layer}: sets {sets / views:.5f}, top-1 {tops / views:.6f}, max |lse| {lse_diff:.2e}", flush=True)
-    chosen = choose_precision(device)
+    chosen = choose_precision(device, info.d_model, info.vocab_size)
     return {
         "model": info.label, "device": device, "machine": platform.processor() or platform.machine(),
         "layers": layers, "rows_per_matrix": rows or info.d_ff, "views": views, "top_k": TOP_K,

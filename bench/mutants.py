@@ -38,11 +38,11 @@ MUTANTS: dict[str, tuple[str, str, str, list[str]]] = {
         "steerkit/decode.py", "logits = view.sign * decode_logits(", "logits = 1 * decode_logits(",
         ["tests/test_decode.py"]),
     "atlas: chunk offset lost in the top-k merge": (
-        "steerkit/atlas.py", "chunk_high_ids + start, top_k, True)", "chunk_high_ids, top_k, True)",
+        "steerkit/full_decode.py", "high.add(chunk_high, chunk_high_ids + start)", "high.add(chunk_high, chunk_high_ids)",
         ["tests/test_atlas.py"]),
     "atlas: cache key without the version": (
-        "steerkit/atlas.py", 'code = hashlib.sha256(f"{ATLAS_FORMAT}|{__version__}".encode())',
-        'code = hashlib.sha256(f"{ATLAS_FORMAT}".encode())', ["tests/test_atlas.py"]),
+        "steerkit/atlas.py", 'code = hashlib.sha256(f"{ATLAS_FORMAT}|{__version__}|{dtype}".encode())',
+        'code = hashlib.sha256(f"{ATLAS_FORMAT}|{dtype}".encode())', ["tests/test_atlas.py"]),
     "profile: clamp keeps the activation": (
         "steerkit/profile.py", "            return 0.0, self.value * strength", "            return 1.0, self.value * strength",
         ["tests/test_profile.py", "tests/test_hf_runtime.py"]),
@@ -50,8 +50,8 @@ MUTANTS: dict[str, tuple[str, str, str, list[str]]] = {
         "steerkit/profile.py", "            return 1.0, self.value * strength", "            return 1.0, self.value",
         ["tests/test_profile.py", "tests/test_hf_runtime.py"]),
     "hooks: position mask inverted": (
-        "runtimes/hf/hooks.py", "edited = torch.where(mask.view(-1, 1), edited, selected)",
-        "edited = torch.where(mask.view(-1, 1), selected, edited)", ["tests/test_hf_runtime.py", "tests/test_discover.py"]),
+        "runtimes/hf/hooks.py", "edited = torch.where(mask.unsqueeze(-1), edited, selected)",
+        "edited = torch.where(mask.unsqueeze(-1), selected, edited)", ["tests/test_hf_runtime.py", "tests/test_discover.py"]),
     "positions: prompt one token too long": (
         "runtimes/hf/positions.py", "in_prompt = absolute < prompt_length", "in_prompt = absolute <= prompt_length",
         ["tests/test_hf_runtime.py", "tests/test_discover.py"]),
@@ -125,6 +125,17 @@ MUTANTS: dict[str, tuple[str, str, str, list[str]]] = {
     "profile: flat index of an expert's neuron off by one expert": (
         "steerkit/profile.py", "return (self.expert or 0) * d_ff + self.neuron",
         "return max(0, (self.expert or 0) - 1) * d_ff + self.neuron", ["tests/test_experts.py"]),
+    "atlas: chunk candidates from the row needing fewest groups": (
+        "steerkit/full_decode.py", "int(reaching.sum(dim=1).max())", "int(reaching.sum(dim=1).min())",
+        ["tests/test_precision.py", "tests/test_atlas.py"]),
+    "atlas: running top-k floored at its best value": (
+        "steerkit/full_decode.py", "self.floor = values.amin(dim=1) if self.largest else values.amax(dim=1)",
+        "self.floor = values.amax(dim=1) if self.largest else values.amin(dim=1)",
+        ["tests/test_precision.py", "tests/test_atlas.py"]),
+    "atlas: rescoring gathers a neighbour's candidates": (
+        "steerkit/full_decode.py", "exact[row] = rows.index_select(0, ids[row]) @ normed[row]",
+        "exact[row] = rows.index_select(0, ids[row - 1]) @ normed[row]",
+        ["tests/test_precision.py", "tests/test_atlas.py"]),
     "activation scale: mean instead of peak": (
         "runtimes/hf/measure.py", "args[0].detach().abs().flatten(0, -2).amax(dim=0)",
         "args[0].detach().abs().flatten(0, -2).mean(dim=0)", ["tests/test_discover.py"]),

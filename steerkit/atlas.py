@@ -24,9 +24,8 @@ log-probability of token ``t`` in view ``(side, sign)`` is
 ``sign * (U[t] . rmsnorm(w_side)) - lse``.
 
 Speed: the work is one GEMM per layer and side (``[d_ff, d] @ [d, vocab]``),
-done in vocabulary chunks so memory stays bounded by one chunk of logits;
-top-k (via group extrema) and the log-sum-exp of both signs (one ``exp``
-pass, see :func:`_chunk_lse`) are taken from each chunk while it is hot.
+done in vocabulary chunks by :func:`steerkit.full_decode.decode_side`, so
+memory stays bounded by one chunk of logits.
 """
 
 from __future__ import annotations
@@ -44,16 +43,15 @@ from tqdm import tqdm
 
 from steerkit.version import __version__
 from steerkit.cache import atomic_write, cache_dir
-from steerkit.decode import SIDES, VIEWS, rms_normalize
+from steerkit.decode import SIDES, VIEWS
+from steerkit.full_decode import decode_side, head_operands
 from steerkit.errors import SteerkitError
 from steerkit.precision import Precision, choose_precision
 from steerkit.weights import WeightReader
 
-__all__ = ["Atlas", "build_atlas", "load_atlas", "atlas_for", "cached_atlas", "decode_side", "FORMAT"]
+__all__ = ["Atlas", "build_atlas", "load_atlas", "atlas_for", "cached_atlas", "decode_side", "head_operands", "FORMAT"]
 
 FORMAT = "steerkit-atlas/1"
-CHUNK_VOCAB = 2048  # 1536 neurons x 2048 tokens of fp32 logits = 12.6 MB per chunk
-GROUP = 64  # tokens per group in the grouped top-k
 
 
 @dataclass
@@ -113,124 +111,6 @@ def load_atlas(path: str | Path) -> Atlas:
     return atlas
 
 
-def _top_k_grouped(logits: torch.Tensor, top_k: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact top-k along dim 1 via group extrema: the k best values lie in the k best groups.
-
-    One pass over the chunk for the group maxima (or minima), then top-k over
-    k groups only; about twice as fast as ``torch.topk`` on wide rows.
-    """
-    n, width = logits.shape
-    if width % GROUP or top_k > width // GROUP:
-        return torch.topk(logits, top_k, dim=1, largest=largest)
-    groups = logits.view(n, width // GROUP, GROUP)
-    extreme = groups.amax(dim=2) if largest else groups.amin(dim=2)
-    best_groups = torch.topk(extreme, top_k, dim=1, largest=largest).indices  # [n, k]
-    candidates = torch.gather(groups, 1, best_groups[:, :, None].expand(n, top_k, GROUP)).reshape(n, -1)
-    values, where = torch.topk(candidates, top_k, dim=1, largest=largest)
-    ids = best_groups.gather(1, where // GROUP) * GROUP + where % GROUP
-    return values, ids
-
-
-def _merge_top(values: torch.Tensor | None, ids: torch.Tensor | None, new_values, new_ids, top_k: int, largest: bool):
-    if values is None:
-        return new_values, new_ids
-    both = torch.cat([values, new_values], dim=1)
-    best, where = torch.topk(both, top_k, dim=1, largest=largest)
-    return best, torch.cat([ids, new_ids], dim=1).gather(1, where)
-
-
-def _chunk_lse(logits: torch.Tensor, high: torch.Tensor, low: torch.Tensor, buffer: torch.Tensor):
-    """log-sum-exp of +logits and -logits with a single ``exp`` pass.
-
-    With the centre ``c`` of each row's range, ``e = exp(logits - c)`` gives
-    ``sum(e)`` for the + sign and ``sum(1/e)`` for the - sign; both stay in
-    float32 range while the half-range is under 80.  Rows with a wider range
-    (rare) are redone with two shifted ``exp`` passes.
-    """
-    centre = (high + low) / 2
-    torch.sub(logits, centre[:, None], out=buffer)
-    buffer.exp_()
-    lse_pos = centre + buffer.sum(dim=1).log()
-    lse_neg = -centre + buffer.reciprocal_().sum(dim=1).log()
-    wide = (high - low) > 160
-    if bool(wide.any()):
-        rows = logits[wide]
-        lse_pos[wide] = torch.logsumexp(rows, dim=1)
-        lse_neg[wide] = torch.logsumexp(-rows, dim=1)
-    return lse_pos, lse_neg
-
-
-# Extra candidates taken from reduced-precision logits and rescored in fp32.  Their exact terms also go into the
-# log-sum-exp, so the bf16 error left there is the tail's: on SmolLM2's layer 29 (384 neurons, AVX2) the worst
-# view moved 0.007 nats with 16, 0.0036 with 48 and 0.0024 with 112, at the same time (the GEMM dominates).
-MARGIN = 112
-RESCORE_ROWS = 256  # neurons rescored at once (bounds the gathered LM-head columns: rows x (k + MARGIN) x d)
-
-
-def decode_side(
-    vectors: torch.Tensor, gain: torch.Tensor, unembedding_t: torch.Tensor, eps: float, top_k: int,
-    fast_unembedding_t: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Top-k ids, probabilities and log-sum-exps of ``vectors`` read with both signs.
-
-    Returns ``ids [n, 2, k]``, ``probs [n, 2, k]`` and ``lse [n, 2]`` where the
-    second axis is (+sign, -sign).  ``unembedding_t`` is the LM head
-    transposed, ``[d, vocab]``, on the device the work runs on.  The vocabulary
-    is walked in chunks: each chunk's logits are reduced (top-k merged,
-    log-sum-exp accumulated) while hot, so memory stays at one ``[n, CHUNK_VOCAB]`` block.
-
-    With ``fast_unembedding_t`` (the same matrix in bf16, see :mod:`steerkit.precision`) the
-    chunks are computed in that dtype, ``top_k + MARGIN`` candidates are kept per sign and
-    rescored in fp32: ids, their order and logits are exact; the log-sum-exp comes from the
-    reduced-precision logits with the candidates' own terms replaced by their exact ones.
-    """
-    normed = rms_normalize(vectors, gain, eps)
-    fast = fast_unembedding_t is not None
-    operand = normed.to(fast_unembedding_t.dtype) if fast else normed
-    matrix = fast_unembedding_t if fast else unembedding_t
-    n, vocab = normed.shape[0], unembedding_t.shape[1]
-    keep = min(top_k + MARGIN, vocab) if fast else top_k
-    high = high_ids = low = low_ids = None
-    lse_pos = torch.full((n,), -torch.inf, device=normed.device)
-    lse_neg = torch.full((n,), -torch.inf, device=normed.device)
-    buffer = None
-    for start in range(0, vocab, CHUNK_VOCAB):
-        logits = operand @ matrix[:, start : start + CHUNK_VOCAB]
-        if fast:
-            logits = logits.float()
-        if buffer is None or buffer.shape != logits.shape:
-            buffer = torch.empty_like(logits)
-        chunk_high, chunk_high_ids = _top_k_grouped(logits, min(keep, logits.shape[1]), largest=True)
-        chunk_low, chunk_low_ids = _top_k_grouped(logits, min(keep, logits.shape[1]), largest=False)
-        chunk_pos, chunk_neg = _chunk_lse(logits, chunk_high[:, 0], chunk_low[:, 0], buffer)
-        lse_pos, lse_neg = torch.logaddexp(lse_pos, chunk_pos), torch.logaddexp(lse_neg, chunk_neg)
-        high, high_ids = _merge_top(high, high_ids, chunk_high, chunk_high_ids + start, keep, True)
-        low, low_ids = _merge_top(low, low_ids, chunk_low, chunk_low_ids + start, keep, False)
-    if fast:
-        high, high_ids, lse_pos = _rescored(normed, unembedding_t, high, high_ids, lse_pos, top_k, 1.0)
-        low, low_ids, lse_neg = _rescored(normed, unembedding_t, low, low_ids, lse_neg, top_k, -1.0)
-        low = -low
-    ids = torch.stack([high_ids, low_ids], dim=1).int()
-    probs = torch.stack([(high - lse_pos[:, None]).exp(), (-low - lse_neg[:, None]).exp()], dim=1)
-    return ids, probs, torch.stack([lse_pos, lse_neg], dim=1)
-
-
-def _rescored(normed, unembedding_t, approx, ids, lse, top_k: int, sign: float):
-    """Exact fp32 logits (times ``sign``) of the candidate ``ids``, the best ``top_k`` of them, and ``lse`` with
-    the candidates' approximate terms swapped for exact ones."""
-    exact = torch.empty_like(approx)
-    for start in range(0, normed.shape[0], RESCORE_ROWS):
-        rows = slice(start, start + RESCORE_ROWS)
-        columns = unembedding_t[:, ids[rows]]  # [d, rows, keep]
-        exact[rows] = torch.einsum("rd,drk->rk", normed[rows], columns)
-    exact, approx = sign * exact, sign * approx
-    # lse = log(sum_all e^approx - sum_candidates e^approx + sum_candidates e^exact), computed around lse.
-    rest = (1 - (approx - lse[:, None]).exp().sum(dim=1)).clamp_min(0)
-    corrected = lse + (rest + (exact - lse[:, None]).exp().sum(dim=1)).log()
-    best, where = torch.topk(exact, top_k, dim=1)
-    return best, ids.gather(1, where), corrected
-
-
 def _matrices(reader: WeightReader, overlap: bool):
     """``(layer, side_index, vectors)`` for every layer and side, dequantized in order; with ``overlap`` the next
     matrix is dequantized in a thread while the caller computes on the current one (an accelerator does the
@@ -262,12 +142,11 @@ def build_atlas(reader: WeightReader, top_k: int = 10, progress: bool = True, de
     :func:`steerkit.precision.choose_precision` picks for it unless ``precision`` is given."""
     if top_k < 1:
         raise SteerkitError(f"top-k must be at least 1, got {top_k}")
-    precision = precision or choose_precision(device)
+    precision = precision or choose_precision(device, reader.info.d_model, reader.info.vocab_size)
     info = reader.info
     top_k = min(top_k, info.vocab_size)
     gain = torch.from_numpy(reader.norm_gain()).to(device)
-    unembedding_t = torch.from_numpy(reader.unembedding()).T.contiguous().to(device)
-    fast = unembedding_t.to(precision.dtype) if precision.dtype != torch.float32 else None
+    unembedding_t, fast = head_operands(reader.unembedding(), device, precision.dtype)
     token_ids = np.empty((info.n_layers, info.neurons, len(VIEWS), top_k), dtype=np.int32)
     probs = np.empty((info.n_layers, info.neurons, len(VIEWS), top_k), dtype=np.float32)
     lse = np.empty((info.n_layers, info.neurons, len(VIEWS)), dtype=np.float32)
@@ -316,7 +195,7 @@ def atlas_path(fingerprint: str, top_k: int, dtype: str = "float32") -> Path:
 
 def cached_atlas(reader: WeightReader, top_k: int = 10, device: str = "cpu") -> Atlas | None:
     """The model's atlas if the cache holds a readable one (for ``device``'s precision), else ``None``."""
-    path = atlas_path(reader.fingerprint(), top_k, choose_precision(device).label)
+    path = atlas_path(reader.fingerprint(), top_k, choose_precision(device, reader.info.d_model, reader.info.vocab_size).label)
     if path.is_file():
         try:
             return load_atlas(path)
@@ -330,7 +209,7 @@ def atlas_for(reader: WeightReader, top_k: int = 10, progress: bool = True, devi
     cached = cached_atlas(reader, top_k, device)
     if cached is not None:
         return cached
-    precision = choose_precision(device)
+    precision = choose_precision(device, reader.info.d_model, reader.info.vocab_size)
     path = atlas_path(reader.fingerprint(), top_k, precision.label)
     atlas = build_atlas(reader, top_k, progress, device, precision)
     atlas.save(path)

@@ -97,7 +97,7 @@ def find_word(reader: WeightReader, atlas: Atlas, word: str, limit: int = 20) ->
 def quick_find(reader: WeightReader, word: str, limit: int = 20, sample: int = SAMPLE, decode: int = DECODE,
                top_k: int = 10, seed: int = 0) -> tuple[list[tuple[int, str]], list[NeuronHit]]:
     """:func:`find_word` without an atlas (see the module doc): estimate, then decode only the best ``decode``."""
-    from steerkit.atlas import decode_side
+    from steerkit.full_decode import decode_side
 
     info = reader.info
     variants = word_variants(word, reader.tokens())

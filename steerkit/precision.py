@@ -9,11 +9,16 @@ times *slower* than fp32.  So nothing is assumed from the device's name:
 * **CUDA**: bf16 where the GPU supports it (tensor cores), else fp32;
 * **MPS**: fp32;
 * **CPU**: bf16 only when the CPU reports native BF16 (``avx512_bf16`` or
-  ``amx_bf16``) *and* a timed probe of the atlas's own GEMM shape runs at
-  least :data:`MIN_SPEEDUP` times faster in bf16 than in fp32; fp32 otherwise.
+  ``amx_bf16``) *and* a timed probe of the atlas's own decode
+  (:func:`steerkit.full_decode.decode_side`, GEMM, top-k and rescoring) at the
+  model's width runs at least :data:`MIN_SPEEDUP` times faster in bf16 than
+  in fp32; fp32 otherwise.  The whole decode, not the GEMM alone: bf16
+  carries a fixed cost per neuron (more candidates, rescored in fp32), so on
+  an AMX machine it wins 3x at d_model 4096 and loses at SmolLM2's 576
+  (measured: the bare GEMM 3.8x faster, the decode 1.3x slower).
 
 bf16 rounds the decoded vectors and the LM head to 8 bits of mantissa, so
-near-ties between tokens can swap; :func:`steerkit.atlas.decode_side`
+near-ties between tokens can swap; :func:`steerkit.full_decode.decode_side`
 therefore takes the top-k *candidates* from the bf16 logits with a margin
 and rescores them in fp32 (exact top-k order and probabilities); only the
 rest of the vocabulary's share of the log-sum-exp comes from bf16 logits
@@ -33,7 +38,9 @@ import torch
 __all__ = ["Precision", "choose_precision", "check_device", "cpu_has_native_bf16", "MIN_SPEEDUP"]
 
 MIN_SPEEDUP = 1.3  # bf16 must beat fp32 by this much on the probe to be used on a CPU
-_PROBE_SHAPE = (768, 576, 8192)  # neurons x d_model x vocabulary chunk: the atlas's GEMM, a quarter of a layer
+_PROBE_ROWS = 128  # neurons of the probe decode, at the model's width and vocabulary size
+_DEFAULT_SHAPE = (576, 49_152)  # d_model and vocabulary probed when none are given (the default model's)
+_MAX_PROBE_VOCAB = 1 << 16  # a 4096-wide probe then takes ~9 s; smaller ones misjudge wide vocabularies
 
 
 @dataclass(frozen=True)
@@ -63,23 +70,28 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
-def _seconds(dtype: torch.dtype, repeats: int = 3) -> float:
-    n, d, v = _PROBE_SHAPE
+def _seconds(dtype: torch.dtype, d_model: int, vocab: int, repeats: int = 2) -> float:
+    """Best time of the atlas's decode of a probe matrix of the model's shape in ``dtype``."""
+    from steerkit.full_decode import decode_side, head_operands
+
     generator = torch.Generator().manual_seed(0)
-    a = torch.randn(n, d, generator=generator).to(dtype)
-    b = torch.randn(d, v, generator=generator).to(dtype)
-    a @ b  # warm-up: first calls pick kernels
+    vectors = torch.randn(_PROBE_ROWS, d_model, generator=generator)
+    head = torch.randn(min(vocab, _MAX_PROBE_VOCAB), d_model, generator=generator) / d_model ** 0.5
+    unembedding_t, fast = head_operands(head.numpy(), "cpu", dtype)
+    gain = torch.ones(d_model)
+    decode_side(vectors[:16], gain, unembedding_t, 1e-6, 10, fast)  # warm-up: first calls pick kernels
     best = float("inf")
     for _ in range(repeats):
         started = time.perf_counter()
-        a @ b
+        decode_side(vectors, gain, unembedding_t, 1e-6, 10, fast)
         best = min(best, time.perf_counter() - started)
     return best
 
 
 @functools.lru_cache(maxsize=8)
-def choose_precision(device: str = "cpu") -> Precision:
-    """The atlas precision for ``device`` (see the module doc); measured once per process."""
+def choose_precision(device: str = "cpu", d_model: int | None = None, vocab: int | None = None) -> Precision:
+    """The atlas precision for ``device`` and a model of width ``d_model`` and ``vocab`` tokens (see the module
+    doc); measured once per process and shape."""
     kind = device.partition(":")[0]
     if kind == "cuda":
         if torch.cuda.is_bf16_supported():
@@ -89,10 +101,13 @@ def choose_precision(device: str = "cpu") -> Precision:
         return Precision(device, torch.float32, "MPS: fp32")
     if not cpu_has_native_bf16():
         return Precision(device, torch.float32, "CPU without native BF16 (no avx512_bf16/amx_bf16 flag)")
-    fp32, bf16 = _seconds(torch.float32), _seconds(torch.bfloat16)
+    width, tokens = d_model or _DEFAULT_SHAPE[0], vocab or _DEFAULT_SHAPE[1]
+    fp32, bf16 = _seconds(torch.float32, width, tokens), _seconds(torch.bfloat16, width, tokens)
     if fp32 / bf16 >= MIN_SPEEDUP:
-        return Precision(device, torch.bfloat16, f"CPU with native BF16, measured {fp32 / bf16:.2f}x fp32")
-    return Precision(device, torch.float32, f"CPU with BF16 flags but bf16 measured only {fp32 / bf16:.2f}x fp32")
+        return Precision(device, torch.bfloat16, f"CPU with native BF16, decode measured {fp32 / bf16:.2f}x fp32 "
+                                                 f"at d_model {width}, vocabulary {tokens}")
+    return Precision(device, torch.float32, f"CPU with BF16 flags but the bf16 decode measured {fp32 / bf16:.2f}x fp32 "
+                                            f"at d_model {width}, vocabulary {tokens}")
 
 
 def check_device(device: str) -> str:

@@ -115,7 +115,7 @@ def test_decode_side_matches_plain_torch(vocab, top_k, gain_scale):
     """Chunked, grouped top-k and single-exp log-sum-exp equal the plain computation."""
     import torch
 
-    from steerkit.atlas import decode_side
+    from steerkit.full_decode import decode_side
     from steerkit.decode import rms_normalize
 
     torch.manual_seed(vocab)

@@ -189,7 +189,8 @@ def planted(model_type: str, layer=2, expert=2, index=7):
 
 
 def test_atlas_decodes_every_expert_neuron_and_find_names_it(tmp_path):
-    from steerkit.atlas import build_atlas, decode_side
+    from steerkit.atlas import build_atlas
+    from steerkit.full_decode import decode_side
     from steerkit.find import find_word
 
     reader = open_weights(str(save_gguf(planted("qwen3_moe"), tmp_path / "m.gguf")))

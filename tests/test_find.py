@@ -36,4 +36,6 @@ def test_quick_find_agrees_with_the_atlas_on_the_default_model():
         _, exact = find_word(reader, atlas, word, limit=10)
         _, quick = quick_find(reader, word, limit=10)
         assert [(h.layer, h.neuron) for h in quick] == [(h.layer, h.neuron) for h in exact], word
-        np.testing.assert_allclose([h.prob for h in quick], [h.prob for h in exact], rtol=1e-3)
+        # A bf16 atlas (chosen on CPUs with native BF16) carries its log-sum-exp's stated 0.03-nat tolerance.
+        rtol = 1e-3 if atlas.meta["dtype"] == "float32" else 0.03
+        np.testing.assert_allclose([h.prob for h in quick], [h.prob for h in exact], rtol=rtol)

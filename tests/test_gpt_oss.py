@@ -22,6 +22,7 @@ from steerkit.profile import Profile
 from steerkit.runtimes.hf.hooks import attach
 from steerkit.runtimes.hf.modules import model_binding
 from steerkit.weights import open_weights
+from test_experts import some_edits  # the same five edits, one of each op
 from tiny_models import EXPERT_WIDTH, N_EXPERTS, gpt_oss_experts, save_full_gpt_oss_gguf, save_gguf, save_hf, tiny_model
 
 D_MODEL = 32
@@ -40,11 +41,6 @@ def flat_weights(model, layer):
     gate = gate_up[:, :, 0::2].transpose(1, 2).reshape(-1, D_MODEL).numpy()
     up = gate_up[:, :, 1::2].transpose(1, 2).reshape(-1, D_MODEL).numpy()
     return gate, up, experts.down_proj.detach().reshape(-1, D_MODEL).numpy()
-
-
-def some_edits(binding):
-    return [binding.edit_at(1, 5, "clamp", 3.0), binding.edit_at(1, 40, "scale", 2.5),
-            binding.edit_at(2, 100, "add", -4.0), binding.edit_at(0, 70, "ablate"), binding.edit_at(2, 101, "scale", 0.0)]
 
 
 def test_readers_deinterleave_the_fused_experts(oss, tmp_path):

@@ -313,7 +313,7 @@ def test_a_damaged_cached_atlas_is_rebuilt_and_a_damaged_file_refused(tmp_path, 
     path.write_bytes(tiny_llama().bytes())
     reader = open_weights(str(path))
     good = atlas_for(reader, top_k=3, progress=False)
-    cached = atlas_path(reader.fingerprint(), 3, choose_precision("cpu").label)  # bf16 where the CPU has it
+    cached = atlas_path(reader.fingerprint(), 3, choose_precision("cpu", reader.info.d_model, reader.info.vocab_size).label)  # bf16 where the CPU has it
     cached.write_bytes(cached.read_bytes()[:200])  # truncated
     with pytest.raises(SteerkitError, match="cannot read atlas"):
         load_atlas(cached)

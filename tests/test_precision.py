@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from steerkit.atlas import atlas_for, build_atlas, decode_side
+from steerkit.atlas import atlas_for, build_atlas
+from steerkit.full_decode import candidate_logits, decode_side, head_operands
+from steerkit.decode import rms_normalize
 from steerkit.precision import Precision, choose_precision, cpu_has_native_bf16
 from steerkit.weights import open_weights
 from tiny_models import save_gguf, tiny_model
@@ -25,11 +27,11 @@ def test_native_bf16_is_read_from_the_cpu_flags():
 
 
 def test_this_machine_chooses_and_the_atlas_records_it(tmp_path):
-    chosen = choose_precision("cpu")
+    reader = open_weights(str(save_gguf(tiny_model("llama"), tmp_path / "t.gguf")))
+    chosen = choose_precision("cpu", reader.info.d_model, reader.info.vocab_size)
     assert chosen.dtype in (torch.float32, torch.bfloat16) and chosen.reason
     if not cpu_has_native_bf16():
         assert chosen.dtype == torch.float32  # never bf16 without native support: it is several times slower
-    reader = open_weights(str(save_gguf(tiny_model("llama"), tmp_path / "t.gguf")))
     atlas = atlas_for(reader, top_k=3, progress=False)
     assert (atlas.meta["dtype"], atlas.meta["device"]) == (chosen.label, "cpu")
 
@@ -55,6 +57,37 @@ def test_rescoring_corrects_the_log_sum_exp():
     assert torch.equal(ids, ids_b)
     torch.testing.assert_close(probs_b, probs, atol=1e-3, rtol=1e-3)
     torch.testing.assert_close(lse_b, lse, atol=3e-3, rtol=0)  # the rest of the vocabulary in bf16
+
+
+def test_every_candidate_gather_gives_the_plain_dot_products():
+    """Row by row (CPU), in blocks (accelerators) and by columns: the logits a plain sum gives."""
+    generator = torch.Generator().manual_seed(1)
+    head = torch.randn(3000, 40, generator=generator)  # [vocab, d]
+    normed = torch.randn(300, 40, generator=generator)
+    ids = torch.randint(0, 3000, (300, 17), generator=generator)
+    wanted = (head[ids] * normed[:, None, :]).sum(-1)
+    for got in (candidate_logits(normed, head.T, ids, per_row=True), candidate_logits(normed, head.T, ids, per_row=False),
+                candidate_logits(normed, head.T.contiguous(), ids)):
+        torch.testing.assert_close(got, wanted, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decode_side_top_k_is_torch_top_k_over_the_whole_vocabulary(dtype):
+    """The floored group candidates and the lazy merges give exactly the top-k of the full logits; the head
+    as head_operands lays it out (a [vocab, d] view in bf16) changes nothing."""
+    generator = torch.Generator().manual_seed(2)
+    vocab, d = 10_000, 32  # several chunks, the last one not a whole number of groups
+    head = torch.randn(vocab, d, generator=generator)
+    vectors = torch.randn(50, d, generator=generator)
+    unembedding_t, fast = head_operands(head.numpy(), "cpu", dtype)
+    ids, probs, lse = decode_side(vectors, torch.ones(d), unembedding_t, 1e-6, 7, fast)
+    logits = rms_normalize(vectors, torch.ones(d), 1e-6) @ head.T
+    for sign, column in ((1.0, 0), (-1.0, 1)):
+        best, where = torch.topk(sign * logits, 7, dim=1)
+        assert torch.equal(ids[:, column].long(), where)
+        exact_lse = torch.logsumexp(sign * logits, dim=1)
+        torch.testing.assert_close(lse[:, column], exact_lse, atol=1e-4 if dtype == torch.float32 else 3e-3, rtol=0)
+        torch.testing.assert_close(probs[:, column], (best - exact_lse[:, None]).exp(), atol=1e-3, rtol=1e-3)
 
 
 @pytest.mark.real
