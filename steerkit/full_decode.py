@@ -146,7 +146,9 @@ def decode_side(
 
     Returns ``ids [n, 2, k]``, ``probs [n, 2, k]`` and ``lse [n, 2]`` where the
     second axis is (+sign, -sign).  ``unembedding_t`` is the LM head
-    transposed, ``[d, vocab]``, on the device the work runs on.  The vocabulary
+    transposed, ``[d, vocab]``, on the device the work runs on (:func:`head_operands` lays
+    it out for the precision: a transposed view of ``[vocab, d]`` where candidates are
+    rescored, so their rows are contiguous).  The vocabulary
     is walked in chunks: each chunk's logits are reduced (top-k merged,
     log-sum-exp accumulated) while hot, so memory stays at one ``[n, CHUNK_VOCAB]`` block.
 
