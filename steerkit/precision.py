@@ -15,7 +15,8 @@ times *slower* than fp32.  So nothing is assumed from the device's name:
   in fp32; fp32 otherwise.  The whole decode, not the GEMM alone: bf16
   carries a fixed cost per neuron (more candidates, rescored in fp32), so on
   an AMX machine it wins 3x at d_model 4096 and loses at SmolLM2's 576
-  (measured: the bare GEMM 3.8x faster, the decode 1.3x slower).
+  (measured: the bare GEMM 3.8x faster, the decode 1.3x slower).  The probe's
+  result is kept on disk (:func:`measured_speedup`).
 
 bf16 rounds the decoded vectors and the LM head to 8 bits of mantissa, so
 near-ties between tokens can swap; :func:`steerkit.full_decode.decode_side`
@@ -29,13 +30,17 @@ rest of the vocabulary's share of the log-sum-exp comes from bf16 logits
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import math
+import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-__all__ = ["Precision", "choose_precision", "check_device", "cpu_has_native_bf16", "MIN_SPEEDUP"]
+__all__ = ["Precision", "choose_precision", "check_device", "cpu_has_native_bf16", "measured_speedup", "MIN_SPEEDUP"]
 
 MIN_SPEEDUP = 1.3  # bf16 must beat fp32 by this much on the probe to be used on a CPU
 _PROBE_ROWS = 128  # neurons of the probe decode, at the model's width and vocabulary size
@@ -91,7 +96,7 @@ def _seconds(dtype: torch.dtype, d_model: int, vocab: int, repeats: int = 2) -> 
 @functools.lru_cache(maxsize=8)
 def choose_precision(device: str = "cpu", d_model: int | None = None, vocab: int | None = None) -> Precision:
     """The atlas precision for ``device`` and a model of width ``d_model`` and ``vocab`` tokens (see the module
-    doc); measured once per process and shape."""
+    doc); measured once per machine and shape (kept on disk)."""
     kind = device.partition(":")[0]
     if kind == "cuda":
         if torch.cuda.is_bf16_supported():
@@ -102,12 +107,47 @@ def choose_precision(device: str = "cpu", d_model: int | None = None, vocab: int
     if not cpu_has_native_bf16():
         return Precision(device, torch.float32, "CPU without native BF16 (no avx512_bf16/amx_bf16 flag)")
     width, tokens = d_model or _DEFAULT_SHAPE[0], vocab or _DEFAULT_SHAPE[1]
-    fp32, bf16 = _seconds(torch.float32, width, tokens), _seconds(torch.bfloat16, width, tokens)
-    if fp32 / bf16 >= MIN_SPEEDUP:
-        return Precision(device, torch.bfloat16, f"CPU with native BF16, decode measured {fp32 / bf16:.2f}x fp32 "
+    speedup = measured_speedup(width, tokens)
+    if speedup >= MIN_SPEEDUP:
+        return Precision(device, torch.bfloat16, f"CPU with native BF16, decode measured {speedup:.2f}x fp32 "
                                                  f"at d_model {width}, vocabulary {tokens}")
-    return Precision(device, torch.float32, f"CPU with BF16 flags but the bf16 decode measured {fp32 / bf16:.2f}x fp32 "
+    return Precision(device, torch.float32, f"CPU with BF16 flags but the bf16 decode measured {speedup:.2f}x fp32 "
                                             f"at d_model {width}, vocabulary {tokens}")
+
+
+def _cpu_identity() -> str:
+    """The CPU's model name and flags (what the probe's result depends on, besides the software)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text(errors="replace").splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    wanted = [line for line in lines if line.startswith(("model name", "flags", "Features"))]
+    return "\n".join(dict.fromkeys(wanted))
+
+
+def measured_speedup(d_model: int, vocab: int) -> float:
+    """fp32 time / bf16 time of the probe decode at this shape on this CPU, measured once and kept on disk.
+
+    Kept so that every process on the machine makes the same choice (a choice that flipped with timing
+    noise would miss the atlas cache, whose key holds the dtype) and so that a ``find`` on a wide model
+    does not pay the probe (~9 s at d_model 4096) each time.  The key holds the CPU, torch, steerkit
+    and the shape; a damaged entry is measured again.
+    """
+    from steerkit.cache import atomic_write, cache_dir
+    from steerkit.version import __version__
+
+    identity = f"{_cpu_identity()}|{torch.__version__}|{__version__}|{d_model}|{vocab}|{_PROBE_ROWS}|{_MAX_PROBE_VOCAB}"
+    path = cache_dir("precision") / f"{hashlib.sha256(identity.encode()).hexdigest()[:24]}.json"
+    try:
+        speedup = float(json.loads(path.read_text())["speedup"])
+        if math.isfinite(speedup) and speedup > 0:
+            return speedup
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # absent or damaged: measure
+    speedup = _seconds(torch.float32, d_model, vocab) / _seconds(torch.bfloat16, d_model, vocab)
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps({"speedup": speedup, "d_model": d_model, "vocab": vocab}))
+    return speedup
 
 
 def check_device(device: str) -> str:

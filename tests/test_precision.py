@@ -36,6 +36,24 @@ def test_this_machine_chooses_and_the_atlas_records_it(tmp_path):
     assert (atlas.meta["dtype"], atlas.meta["device"]) == (chosen.label, "cpu")
 
 
+def test_the_probe_is_measured_once_per_shape_and_kept(tmp_path, monkeypatch):
+    """Every process on the machine makes the same choice: the probe's result is kept on disk, per shape, and a
+    damaged entry is measured again."""
+    import steerkit.precision as precision
+
+    monkeypatch.setenv("STEERKIT_CACHE", str(tmp_path))
+    calls = []
+    monkeypatch.setattr(precision, "_seconds", lambda dtype, d, v: calls.append(dtype) or (2.0 if dtype == torch.float32 else 1.0))
+    assert precision.measured_speedup(64, 1000) == 2.0 and len(calls) == 2
+    assert precision.measured_speedup(64, 1000) == 2.0 and len(calls) == 2  # read back, not measured
+    assert precision.measured_speedup(128, 1000) == 2.0 and len(calls) == 4  # another shape: measured
+    for damage in ('{"speedup": "fast"}', "not json", '{"speedup": -1}', '{"speedup": NaN}'):
+        for path in (tmp_path / "precision").iterdir():
+            path.write_text(damage)
+        before = len(calls)
+        assert precision.measured_speedup(64, 1000) == 2.0 and len(calls) == before + 2, damage
+
+
 def test_bf16_candidates_rescored_in_fp32_give_the_fp32_atlas(tmp_path):
     reader = open_weights(str(save_gguf(tiny_model("qwen3"), tmp_path / "t.gguf")))
     exact = build_atlas(reader, top_k=5, progress=False, precision=Precision("cpu", torch.float32, "test"))
