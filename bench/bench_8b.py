@@ -10,7 +10,8 @@ Writes a GGUF with ``--layers`` random llama layers of the 8B shapes
 * :func:`steerkit.full_decode.decode_side` on ``--rows`` neurons of each (the whole
   vocabulary, top-k and both log-sum-exps) against the bare GEMM of the same
   shape and dtype, in the precision :mod:`steerkit.precision` picks;
-* `find`'s estimate pass (:func:`steerkit.find.quick_find`) on whole matrices.
+* `find` without an atlas (:func:`steerkit.find.quick_find`): its screening pass on whole matrices and
+  its second pass on the share of neuron sides it keeps;
 
 and projects the full 32-layer atlas (time per row x 14,336 rows x 2 sides x
 32 layers, plus dequantization) and a first `find dog` without an atlas.  A
@@ -78,7 +79,7 @@ def _timed(fn, device: str):
 
 
 def measure(path: Path, layers: int, rows: int, device: str) -> dict:
-    from steerkit.find import DECODE, SAMPLE
+    from steerkit.find import DECODE, KEEP, SAMPLE, SCREEN, sampled_estimate
     from steerkit.weights import open_weights
 
     reader = open_weights(str(path))
@@ -86,8 +87,11 @@ def measure(path: Path, layers: int, rows: int, device: str) -> dict:
     gain = torch.from_numpy(reader.norm_gain()).to(device)
     unembedding_t, fast = head_operands(reader.unembedding(), device, precision.dtype)
     matrix = fast if fast is not None else unembedding_t
-    dequant = decode = bare = estimate = 0.0
-    columns = torch.from_numpy(reader.unembedding()[:SAMPLE + 4]).T.contiguous().to(device)  # a sample + a word
+    dequant = decode = bare = screen = 0.0
+    head = reader.unembedding()
+    word = torch.from_numpy(head[:4]).T.contiguous().to(device)  # stands for a word's few tokens
+    screen_columns = torch.from_numpy(head[4:4 + SCREEN]).T.contiguous().to(device)
+    sample_columns = torch.from_numpy(head[4:4 + SAMPLE]).T.contiguous().to(device)
     for layer in range(layers):
         for side in ("read", "write"):
             vectors, seconds = _timed(lambda: reader.side_vectors(layer, side), "cpu")
@@ -99,11 +103,16 @@ def measure(path: Path, layers: int, rows: int, device: str) -> dict:
             normed = rms_normalize(part, gain, 1e-5).to(matrix.dtype)
             bare += _timed(lambda: [normed @ matrix[:, s:s + CHUNK_VOCAB] for s in range(0, VOCAB, CHUNK_VOCAB)],
                            device)[1]
-            estimate += _timed(lambda: rms_normalize(whole, gain, 1e-5) @ columns, device)[1]
+            screen += _timed(lambda: sampled_estimate(rms_normalize(whole, gain, 1e-5), word, screen_columns, 5.0)
+                             .amax(1), device)[1]
+    # find's second pass: the kept share of all 32 x 2 x 14,336 neuron sides on the whole sample.
+    pool = int(np.ceil(KEEP * N_LAYERS * 2 * D_FF))
+    kept = whole[torch.arange(pool, device=device) % D_FF]
+    refine = _timed(lambda: sampled_estimate(rms_normalize(kept, gain, 1e-5), word, sample_columns, 3.0), device)[1]
     matrices = 2 * layers
     per_row = decode / (matrices * rows)
     atlas = N_LAYERS * 2 * (D_FF * per_row + dequant / matrices)
-    first_find = N_LAYERS * 2 * (dequant / matrices + estimate / matrices) + 2 * DECODE * per_row
+    first_find = N_LAYERS * 2 * (dequant + screen) / matrices + refine + DECODE * per_row
     return {
         "device": device, "machine": platform.processor() or platform.machine(),
         "torch_threads": torch.get_num_threads(), "dtype": precision.label, "precision_reason": precision.reason,
@@ -113,7 +122,9 @@ def measure(path: Path, layers: int, rows: int, device: str) -> dict:
         "decode_seconds_per_row": per_row,
         "bare_gemm_seconds_per_row": bare / (matrices * rows),
         "atlas_to_bare_gemm": decode / bare,
-        "estimate_seconds_per_matrix": estimate / matrices,
+        "find_screen_seconds_per_matrix": screen / matrices,
+        "find_refine_seconds": refine,
+        "find_refined_sides": pool,
         "projected_atlas_seconds": atlas,
         "projected_first_find_seconds": first_find,
         "chunk_logits_bytes": D_FF * CHUNK_VOCAB * 4,

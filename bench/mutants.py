@@ -142,6 +142,11 @@ MUTANTS: dict[str, tuple[str, str, str, list[str]]] = {
     "profile: YAML aliases accepted": (
         "steerkit/profile.py", 'if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:',
         "if False:", ["tests/test_hostile_files.py", "tests/test_profile.py"]),
+    "find: the screening pass keeps its worst candidates": (
+        "steerkit/find.py", "kept = torch.topk(pool_scores, pool_size).indices",
+        "kept = torch.topk(pool_scores, pool_size, largest=False).indices", ["tests/test_find.py"]),
+    "find: kept candidates lose their layer and neuron": (
+        "steerkit/find.py", "pool_keys[kept.numpy()]", "pool_keys[:pool_size]", ["tests/test_find.py"]),
 }
 
 

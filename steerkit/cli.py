@@ -129,7 +129,7 @@ def find_command(
     computed (an estimate over a vocabulary sample, then the best candidates decoded exactly).
     """
     from steerkit.atlas import cached_atlas
-    from steerkit.find import DECODE, SAMPLE, find_word, quick_find
+    from steerkit.find import DECODE, SAMPLE, SCREEN, find_word, quick_find
     from steerkit.vocab import token_display, word_variants
     from steerkit.weights import open_weights
 
@@ -138,8 +138,9 @@ def find_command(
     word_variants(word, vocab)  # refuse a bad word before any heavy work
     atlas = cached_atlas(reader)
     if atlas is None:
-        typer.echo(f"no atlas of {reader.info.label} cached: estimating from {SAMPLE} sampled tokens, then decoding "
-                   f"the best {DECODE} neurons exactly (`steerkit map` builds the whole atlas)", err=True)
+        typer.echo(f"no atlas of {reader.info.label} cached: estimating from {SCREEN}, then {SAMPLE} sampled tokens, "
+                   f"then decoding the best {DECODE} neuron sides exactly (`steerkit map` builds the whole atlas)",
+                   err=True)
         variants, hits = quick_find(reader, word, limit)
     else:
         variants, hits = find_word(reader, atlas, word, limit)

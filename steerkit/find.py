@@ -6,13 +6,15 @@ view's log-sum-exp, so only the few token columns of the LM head are needed:
 one thin GEMM per layer and side instead of the full vocabulary.
 
 Without an atlas (a big model whose atlas is not built yet), :func:`quick_find`
-does only the work the question needs: every view's log-sum-exp is
+does only the work the question needs.  Each view's log-sum-exp is
 *estimated* from a random sample of the vocabulary (the word's own tokens
-counted exactly), the views are ranked by that estimate, and only the best
-:data:`DECODE` neurons are decoded over the whole vocabulary, which gives
-their exact probabilities and final order.  On SmolLM2-135M it lists the same
-neurons as the atlas for the words measured in docs/measurements.md, at a
-few per cent of the atlas's arithmetic.
+counted exactly): first coarsely, from :data:`SCREEN` tokens, over every neuron
+side as its matrix is read; the best :data:`KEEP` share of sides (kept with
+their vectors, so no matrix is read twice) again from :data:`SAMPLE` tokens;
+and only the best :data:`DECODE` of those are decoded over the whole
+vocabulary, which gives their exact probabilities and final order.  On
+SmolLM2-135M it lists the same neurons as the atlas for the words measured in
+docs/measurements.md, at a few per cent of the atlas's arithmetic.
 """
 
 from __future__ import annotations
@@ -28,10 +30,13 @@ from steerkit.errors import SteerkitError
 from steerkit.vocab import word_variants
 from steerkit.weights import WeightReader
 
-__all__ = ["NeuronHit", "score_tokens", "find_word", "quick_find", "SAMPLE", "DECODE"]
+__all__ = ["NeuronHit", "score_tokens", "find_word", "quick_find", "sampled_estimate", "SCREEN", "KEEP", "SAMPLE",
+           "DECODE"]
 
-SAMPLE = 4096  # vocabulary tokens sampled to estimate each view's log-sum-exp
-DECODE = 512  # neurons decoded over the whole vocabulary after the estimate
+SCREEN = 512  # vocabulary tokens sampled for the coarse pass over every neuron side
+KEEP = 0.05  # share of all neuron sides the coarse pass keeps for the finer estimate
+SAMPLE = 4096  # vocabulary tokens sampled for the finer estimate
+DECODE = 1024  # neuron sides decoded over the whole vocabulary after it
 
 
 @dataclass(frozen=True)
@@ -94,9 +99,23 @@ def find_word(reader: WeightReader, atlas: Atlas, word: str, limit: int = 20) ->
     return variants, hits
 
 
+def sampled_estimate(normed: torch.Tensor, word_columns: torch.Tensor, sample_columns: torch.Tensor,
+                      scale: float) -> torch.Tensor:
+    """The word's summed probability in both signs of each row, ``[n, 2]``, with the log-sum-exp estimated from
+    the sample (its terms times ``exp(scale)``, standing for the rest of the vocabulary) and the word's own tokens."""
+    word_logits, sample_logits = normed @ word_columns, normed @ sample_columns
+    out = torch.empty((normed.shape[0], 2))
+    for sign_index, sign in enumerate((1, -1)):
+        lse = torch.logaddexp(torch.logsumexp(sign * word_logits, 1), torch.logsumexp(sign * sample_logits, 1) + scale)
+        out[:, sign_index] = (sign * word_logits - lse[:, None]).exp().sum(1)
+    return out
+
+
 def quick_find(reader: WeightReader, word: str, limit: int = 20, sample: int = SAMPLE, decode: int = DECODE,
-               top_k: int = 10, seed: int = 0) -> tuple[list[tuple[int, str]], list[NeuronHit]]:
-    """:func:`find_word` without an atlas (see the module doc): estimate, then decode only the best ``decode``."""
+               top_k: int = 10, seed: int = 0, screen: int = SCREEN, keep: float = KEEP,
+               ) -> tuple[list[tuple[int, str]], list[NeuronHit]]:
+    """:func:`find_word` without an atlas (see the module doc): screen every neuron side on ``screen`` sampled
+    tokens, estimate the best ``keep`` share of them on ``sample`` tokens, decode only the best ``decode`` exactly."""
     from steerkit.full_decode import decode_side
 
     info = reader.info
@@ -104,40 +123,51 @@ def quick_find(reader: WeightReader, word: str, limit: int = 20, sample: int = S
     ids = [i for i, _ in variants]
     rest = np.setdiff1d(np.arange(info.vocab_size), ids)
     sampled = np.random.default_rng(seed).choice(rest, size=min(sample, rest.size), replace=False)
+    screened = sampled[:screen]  # a random part of a random sample: itself a uniform sample
     gain = torch.from_numpy(reader.norm_gain())
     unembedding = reader.unembedding()
     word_columns = torch.from_numpy(unembedding[ids]).T.contiguous()
-    sample_columns = torch.from_numpy(unembedding[sampled]).T.contiguous()
-    scale = float(np.log(rest.size / sampled.size))  # the sample stands for the whole rest of the vocabulary
-    estimate = np.empty((info.n_layers, info.neurons, len(VIEWS)), dtype=np.float32)
+
+    def columns(tokens: np.ndarray) -> tuple[torch.Tensor, float]:
+        return torch.from_numpy(unembedding[tokens]).T.contiguous(), float(np.log(rest.size / tokens.size))
+
+    # Pass 1 over every matrix: the coarse estimate keeps the best neuron sides with their raw vectors, so the
+    # later passes never dequantize a matrix again.
+    screen_columns, screen_scale = columns(screened)
+    pool_size = max(decode, int(np.ceil(keep * info.n_layers * len(SIDES) * info.neurons)))
+    pool_scores = torch.empty(0)
+    pool_keys = np.empty((0, 3), dtype=np.int64)  # layer, side index, neuron
+    pool_vectors = torch.empty((0, info.d_model))
     for layer in range(info.n_layers):
         for side_index, side in enumerate(SIDES):
-            normed = rms_normalize(torch.from_numpy(reader.side_vectors(layer, side)), gain, info.rms_eps)
-            word_logits, sample_logits = normed @ word_columns, normed @ sample_columns
-            for sign_index, sign in enumerate((1, -1)):
-                lse = torch.logaddexp(torch.logsumexp(sign * word_logits, 1),
-                                      torch.logsumexp(sign * sample_logits, 1) + scale)
-                estimate[layer, :, 2 * side_index + sign_index] = (sign * word_logits - lse[:, None]).exp().sum(1)
-    best = estimate.max(axis=2).reshape(-1)
-    chosen = np.argsort(best)[::-1][:decode]
+            vectors = torch.from_numpy(reader.side_vectors(layer, side))
+            normed = rms_normalize(vectors, gain, info.rms_eps)
+            scores = sampled_estimate(normed, word_columns, screen_columns, screen_scale).amax(1)
+            best = torch.topk(scores, min(pool_size, scores.numel())).indices
+            keys = np.stack([np.full(best.numel(), layer), np.full(best.numel(), side_index), best.numpy()], 1)
+            pool_scores = torch.cat([pool_scores, scores[best]])
+            pool_keys = np.concatenate([pool_keys, keys])
+            pool_vectors = torch.cat([pool_vectors, vectors[best]])
+            if pool_scores.numel() > pool_size:
+                kept = torch.topk(pool_scores, pool_size).indices
+                pool_scores, pool_keys, pool_vectors = pool_scores[kept], pool_keys[kept.numpy()], pool_vectors[kept]
+    # Pass 2: the kept sides on the whole sample; the best `decode` of them are decoded over the whole vocabulary.
+    sample_columns, sample_scale = columns(sampled)
+    normed = rms_normalize(pool_vectors, gain, info.rms_eps)
+    refined = sampled_estimate(normed, word_columns, sample_columns, sample_scale).amax(1)
+    chosen = torch.topk(refined, min(decode, refined.numel())).indices
+    vectors, keys = pool_vectors[chosen], pool_keys[chosen.numpy()]
     unembedding_t = torch.from_numpy(unembedding).T.contiguous()
-    hits = []
-    for layer in sorted({int(i) // info.neurons for i in chosen}):
-        neurons = np.sort([int(i) % info.neurons for i in chosen if int(i) // info.neurons == layer])
-        for side_index, side in enumerate(SIDES):
-            vectors = torch.from_numpy(reader.side_vectors(layer, side)[neurons])
-            top_ids, _, lse = decode_side(vectors, gain, unembedding_t, info.rms_eps, top_k)
-            logits = rms_normalize(vectors, gain, info.rms_eps) @ word_columns
-            for sign_index, sign in enumerate((1, -1)):
-                probs = (sign * logits - lse[:, sign_index, None]).exp().sum(1)
-                for row, neuron in enumerate(neurons):
-                    top = tuple(int(t) for t in top_ids[row, sign_index])
-                    in_top = [k for k, t in enumerate(top) if t in ids]
-                    hits.append(NeuronHit(layer, int(neuron), VIEWS[2 * side_index + sign_index].label,
-                                          float(probs[row]), in_top[0] if in_top else -1, top))
+    top_ids, _, lse = decode_side(vectors, gain, unembedding_t, info.rms_eps, top_k)
+    logits = rms_normalize(vectors, gain, info.rms_eps) @ word_columns
     best_per_neuron: dict[tuple[int, int], NeuronHit] = {}
-    for hit in hits:
-        key = (hit.layer, hit.neuron)
-        if key not in best_per_neuron or hit.prob > best_per_neuron[key].prob:
-            best_per_neuron[key] = hit
+    for sign_index, sign in enumerate((1, -1)):
+        probs = (sign * logits - lse[:, sign_index, None]).exp().sum(1)
+        for row, (layer, side_index, neuron) in enumerate(keys.tolist()):
+            top = tuple(int(t) for t in top_ids[row, sign_index])
+            in_top = [k for k, t in enumerate(top) if t in ids]
+            hit = NeuronHit(layer, neuron, VIEWS[2 * side_index + sign_index].label, float(probs[row]),
+                            in_top[0] if in_top else -1, top)
+            if (layer, neuron) not in best_per_neuron or hit.prob > best_per_neuron[layer, neuron].prob:
+                best_per_neuron[layer, neuron] = hit
     return variants, sorted(best_per_neuron.values(), key=lambda h: -h.prob)[:limit]
