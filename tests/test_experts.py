@@ -18,13 +18,15 @@ from gguf import GGMLQuantizationType as Q
 from transformers import AutoModelForCausalLM
 
 from reference import edited, logits, manual_expert_edit, patched_file_against_hooks
+from steerkit.architectures import arch_for_hf
 from steerkit.errors import SteerkitError, UnsupportedEdit
 from steerkit.plan import compile_plan
 from steerkit.profile import Edit, ModelBinding, Profile, dump_profile, parse_profile
 from steerkit.runtimes.hf.hooks import attach, attach_rows
 from steerkit.runtimes.hf.modules import model_binding
 from steerkit.weights import open_weights
-from tiny_models import EXPERT_WIDTH, MOE_ARCHS, N_EXPERTS, save_full_mixtral_gguf, save_gguf, save_hf, tiny_model
+from tiny_models import (EXPERT_WIDTH, MOE_ARCHS, N_EXPERTS, save_full_mixtral_gguf, save_gguf, save_hf, saved_config,
+                         saved_names, tiny_model)
 
 D_MODEL = 32
 # The hook adds its correction after the experts' sum, the reference edits inside each expert: float32 sums in
@@ -250,6 +252,13 @@ def test_baked_scale_and_ablate_match_hooks_and_reload(moe, tmp_path):
     torch.testing.assert_close(logits(reloaded, ids), hooked, **CLOSE)
     baked.remove()
     assert torch.equal(logits(moe, ids), plain)
+    # Serving engines load the family's own per-expert checkpoint names: the baked folder must keep them, and
+    # its config, exactly as an unedited save writes them (docs/runtimes.md, the MoE engine table).
+    moe.save_pretrained(tmp_path / "plain")
+    assert saved_names(tmp_path / "baked") == saved_names(tmp_path / "plain")
+    layout = arch_for_hf(moe.config.model_type, "test").experts
+    assert f"{layout.hf_prefix.format(layer=1, expert=0)}.{layout.hf_names[1]}.weight" in saved_names(tmp_path / "baked")
+    assert saved_config(tmp_path / "baked") == saved_config(tmp_path / "plain")
     clamp = compile_plan([Profile("c", binding, [binding.edit_at(1, 5, "clamp", 3.0)])], binding)
     before = moe.model.layers[1].mlp.experts.gate_up_proj.detach().clone()
     with pytest.raises(UnsupportedEdit, match="clamp/add edits of expert neurons cannot be baked"):

@@ -23,7 +23,8 @@ from steerkit.runtimes.hf.hooks import attach
 from steerkit.runtimes.hf.modules import model_binding
 from steerkit.weights import open_weights
 from test_experts import some_edits  # the same five edits, one of each op
-from tiny_models import EXPERT_WIDTH, N_EXPERTS, gpt_oss_experts, save_full_gpt_oss_gguf, save_gguf, save_hf, tiny_model
+from tiny_models import (EXPERT_WIDTH, N_EXPERTS, gpt_oss_experts, save_full_gpt_oss_gguf, save_gguf, save_hf,
+                         saved_config, saved_names, tiny_model)
 
 D_MODEL = 32
 CLOSE = dict(atol=1e-4, rtol=1e-5)  # float32 sums in another order (see test_experts.py)
@@ -125,6 +126,13 @@ def test_baked_edits_of_every_op_match_hooks_and_reload(oss, tmp_path):
     torch.testing.assert_close(logits(reloaded, ids), hooked, **CLOSE)
     baked.remove()
     assert torch.equal(logits(oss, ids), plain)
+    # vLLM and SGLang load exactly these fused names and biases (docs/runtimes.md): the folder keeps the names and
+    # config of an unedited save.
+    oss.save_pretrained(tmp_path / "plain")
+    assert saved_names(tmp_path / "baked") == saved_names(tmp_path / "plain")
+    assert {f"model.layers.2.mlp.experts.{n}" for n in ("gate_up_proj", "gate_up_proj_bias", "down_proj",
+                                                        "down_proj_bias")} <= saved_names(tmp_path / "baked")
+    assert saved_config(tmp_path / "baked") == saved_config(tmp_path / "plain")
 
 
 def test_bake_refuses_prompt_positions_without_changing_weights(oss):

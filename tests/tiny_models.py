@@ -6,6 +6,7 @@ Gemma norm weights stored with +1 added, tied LM head = ``token_embd``.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,22 @@ def save_hf(model, folder: Path) -> Path:
     """Save as a Hugging Face folder (config + safetensors)."""
     model.save_pretrained(folder)
     return folder
+
+
+def saved_names(folder: Path) -> set[str]:
+    """Tensor names in a saved Hugging Face folder's safetensors files."""
+    from safetensors import safe_open
+
+    names: set[str] = set()
+    for path in folder.glob("*.safetensors"):
+        with safe_open(str(path), "pt") as tensors:
+            names |= set(tensors.keys())
+    return names
+
+
+def saved_config(folder: Path) -> dict:
+    """A saved Hugging Face folder's ``config.json``."""
+    return json.loads((folder / "config.json").read_text())
 
 
 def save_gguf(model, path: Path, tokens: list[str] | None = None, ffn_type=None, alignment: int | None = None) -> Path:
