@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from steerkit.atlas import Atlas
+from steerkit.atlas import Atlas, read_matrices
 from steerkit.decode import SIDES, VIEWS, rms_normalize
 from steerkit.errors import SteerkitError
 from steerkit.vocab import word_variants
@@ -138,19 +138,18 @@ def quick_find(reader: WeightReader, word: str, limit: int = 20, sample: int = S
     pool_scores = torch.empty(0)
     pool_keys = np.empty((0, 3), dtype=np.int64)  # layer, side index, neuron
     pool_vectors = torch.empty((0, info.d_model))
-    for layer in range(info.n_layers):
-        for side_index, side in enumerate(SIDES):
-            vectors = torch.from_numpy(reader.side_vectors(layer, side))
-            normed = rms_normalize(vectors, gain, info.rms_eps)
-            scores = sampled_estimate(normed, word_columns, screen_columns, screen_scale).amax(1)
-            best = torch.topk(scores, min(pool_size, scores.numel())).indices
-            keys = np.stack([np.full(best.numel(), layer), np.full(best.numel(), side_index), best.numpy()], 1)
-            pool_scores = torch.cat([pool_scores, scores[best]])
-            pool_keys = np.concatenate([pool_keys, keys])
-            pool_vectors = torch.cat([pool_vectors, vectors[best]])
-            if pool_scores.numel() > pool_size:
-                kept = torch.topk(pool_scores, pool_size).indices
-                pool_scores, pool_keys, pool_vectors = pool_scores[kept], pool_keys[kept.numpy()], pool_vectors[kept]
+    for layer, side_index, vectors in read_matrices(reader, overlap=True):
+        vectors = torch.from_numpy(vectors)
+        normed = rms_normalize(vectors, gain, info.rms_eps)
+        scores = sampled_estimate(normed, word_columns, screen_columns, screen_scale).amax(1)
+        best = torch.topk(scores, min(pool_size, scores.numel())).indices
+        keys = np.stack([np.full(best.numel(), layer), np.full(best.numel(), side_index), best.numpy()], 1)
+        pool_scores = torch.cat([pool_scores, scores[best]])
+        pool_keys = np.concatenate([pool_keys, keys])
+        pool_vectors = torch.cat([pool_vectors, vectors[best]])
+        if pool_scores.numel() > pool_size:
+            kept = torch.topk(pool_scores, pool_size).indices
+            pool_scores, pool_keys, pool_vectors = pool_scores[kept], pool_keys[kept.numpy()], pool_vectors[kept]
     # Pass 2: the kept sides on the whole sample; the best `decode` of them are decoded over the whole vocabulary.
     sample_columns, sample_scale = columns(sampled)
     normed = rms_normalize(pool_vectors, gain, info.rms_eps)
