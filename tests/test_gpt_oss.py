@@ -24,7 +24,7 @@ from steerkit.runtimes.hf.modules import model_binding
 from steerkit.weights import open_weights
 from test_experts import some_edits  # the same five edits, one of each op
 from tiny_models import (EXPERT_WIDTH, N_EXPERTS, gpt_oss_experts, save_full_gpt_oss_gguf, save_gguf, save_hf,
-                         saved_config, saved_names, tiny_model)
+                         save_mxfp4_gpt_oss, saved_config, saved_names, tiny_model)
 
 D_MODEL = 32
 CLOSE = dict(atol=1e-4, rtol=1e-5)  # float32 sums in another order (see test_experts.py)
@@ -133,6 +133,51 @@ def test_baked_edits_of_every_op_match_hooks_and_reload(oss, tmp_path):
     assert {f"model.layers.2.mlp.experts.{n}" for n in ("gate_up_proj", "gate_up_proj_bias", "down_proj",
                                                         "down_proj_bias")} <= saved_names(tmp_path / "baked")
     assert saved_config(tmp_path / "baked") == saved_config(tmp_path / "plain")
+
+
+def test_openai_mxfp4_checkpoints_are_read_hooked_and_baked_plain(oss, tmp_path, monkeypatch):
+    """gpt-oss as OpenAI ships it (experts in MXFP4 ``*_blocks``/``*_scales``): the reader dequantizes what
+    transformers dequantizes, hooks edit the model transformers loads from it, and `bake` writes a plain folder
+    (no ``quantization_config``) with the edits in the weights."""
+    from steerkit.runtimes.hf.checkpoint import write_baked_checkpoint
+    from test_checkpoint import _FakeTokenizer
+
+    packed = save_mxfp4_gpt_oss(oss, tmp_path / "mxfp4")  # rounds oss's experts to the same numbers
+    assert "model.layers.0.mlp.experts.gate_up_proj_blocks" in saved_names(packed)
+    reader = open_weights(str(packed))
+    for layer in range(3):
+        gate, up, down = flat_weights(oss, layer)
+        assert np.array_equal(reader.gate_rows(layer), gate) and np.array_equal(reader.up_rows(layer), up)
+        assert np.array_equal(reader.down_cols(layer), down)
+    loaded = AutoModelForCausalLM.from_pretrained(packed, dtype=torch.float32).eval()  # dequantized on the CPU
+    ids = torch.randint(3, 90, (2, 9), generator=torch.Generator().manual_seed(6))
+    torch.testing.assert_close(logits(loaded, ids), logits(oss, ids), **CLOSE)
+    binding = model_binding(loaded)
+    profile = Profile("oss", binding, some_edits(binding))
+    handle = attach(oss, compile_plan([profile], model_binding(oss)))
+    hooked = logits(oss, ids)
+    handle.remove()
+    handle = attach(loaded, compile_plan([profile], binding))
+    torch.testing.assert_close(logits(loaded, ids), hooked, **CLOSE)
+    handle.remove()
+    monkeypatch.setattr("transformers.AutoTokenizer.from_pretrained", lambda *a, **k: _FakeTokenizer())
+    baked = write_baked_checkpoint(str(packed), [profile], tmp_path / "baked")
+    assert "quantization_config" not in saved_config(baked)
+    assert "model.layers.0.mlp.experts.gate_up_proj" in saved_names(baked)
+    torch.testing.assert_close(logits(AutoModelForCausalLM.from_pretrained(baked).eval(), ids), hooked, **CLOSE)
+
+
+def test_mxfp4_checkpoint_with_wrong_block_shapes_is_refused_in_one_line(oss, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    packed = save_mxfp4_gpt_oss(oss, tmp_path / "mxfp4")
+    tensors = load_file(packed / "model.safetensors")
+    key = "model.layers.1.mlp.experts.down_proj_scales"
+    tensors[key] = tensors[key][:, :, :0]
+    save_file(tensors, packed / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(SteerkitError, match=r"tensor model.layers.1.mlp.experts.down_proj_scales has shape \[4, 32, 0\], "
+                                            r"expected \[4, 32, 1\] from config.json"):
+        open_weights(str(packed))
 
 
 def test_bake_refuses_prompt_positions_without_changing_weights(oss):

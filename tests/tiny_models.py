@@ -87,6 +87,48 @@ def save_hf(model, folder: Path) -> Path:
     return folder
 
 
+# The 16 values of an MXFP4 (e2m1) code, as the OCP microscaling spec and transformers define them.
+FP4_VALUES = np.array([0, .5, 1, 1.5, 2, 3, 4, 6, -0., -.5, -1, -1.5, -2, -3, -4, -6], dtype=np.float32)
+
+
+def _mxfp4_pack(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Round ``[..., n]`` to MXFP4 along the last axis (blocks of 32, a power-of-two scale each, nearest code).
+
+    Returns the rounded values, the packed codes ``[..., n/32, 16]`` (low nibble first) and the scales
+    ``[..., n/32]`` (e8m0: exponent + 127), written here from the format's definition."""
+    groups = rows.reshape(*rows.shape[:-1], -1, 32)
+    exponent = np.ceil(np.log2(np.maximum(np.abs(groups).max(-1), 1e-30) / 6.0)).astype(np.int32)
+    codes = np.abs(groups[..., None] / np.exp2(exponent)[..., None, None] - FP4_VALUES).argmin(-1)
+    values = (FP4_VALUES[codes] * np.exp2(exponent)[..., None]).reshape(rows.shape)
+    pairs = codes.reshape(*codes.shape[:-1], 16, 2)
+    return values, (pairs[..., 0] | (pairs[..., 1] << 4)).astype(np.uint8), (exponent + 127).astype(np.uint8)
+
+
+def save_mxfp4_gpt_oss(model, folder: Path) -> Path:
+    """Save a gpt-oss model the way OpenAI ships it: experts as MXFP4 ``*_blocks``/``*_scales`` (packed along
+    each expert's input dimension) and ``quantization_config`` mxfp4.  The model's expert weights are first
+    rounded to MXFP4 in place, so the model and the folder hold the same numbers."""
+    from safetensors.torch import load_file, save_file
+
+    model.save_pretrained(folder)
+    tensors = load_file(folder / "model.safetensors")
+    for layer, block in enumerate(model.model.layers):
+        for name in ("gate_up_proj", "down_proj"):
+            weight = getattr(block.mlp.experts, name)  # [E, inputs, outputs]
+            values, codes, scales = _mxfp4_pack(np.ascontiguousarray(weight.detach().numpy().transpose(0, 2, 1)))
+            with torch.no_grad():
+                weight.copy_(torch.from_numpy(np.ascontiguousarray(values.transpose(0, 2, 1))))
+            key = f"model.layers.{layer}.mlp.experts.{name}"
+            del tensors[key]
+            tensors[f"{key}_blocks"], tensors[f"{key}_scales"] = torch.from_numpy(codes), torch.from_numpy(scales)
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    config = saved_config(folder)
+    config["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert": [
+        "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]}
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
 def saved_names(folder: Path) -> set[str]:
     """Tensor names in a saved Hugging Face folder's safetensors files."""
     from safetensors import safe_open

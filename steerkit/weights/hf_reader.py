@@ -19,6 +19,7 @@ __all__ = ["HFWeights"]
 
 
 _MAX_JSON_BYTES = 64 << 20  # tokenizer.json of a 256k vocabulary is ~35 MB
+MXFP4_BLOCK = 32  # values per MXFP4 block: 16 bytes of 4-bit codes and one shared power-of-two scale
 
 
 def _read_json(path: Path) -> dict:
@@ -106,8 +107,15 @@ class HFWeights(WeightReader):
         for layer in range(info.n_layers):
             if experts is not None and experts.hf_fused:
                 gate_up, down = self._fused_names(layer)
-                wanted[gate_up] = (info.n_experts, info.d_model, 2 * info.d_ff)
-                wanted[down] = (info.n_experts, info.d_ff, info.d_model)
+                for name, (rows, cols) in ((gate_up, (info.d_model, 2 * info.d_ff)), (down, (info.d_ff, info.d_model))):
+                    if self._mxfp4(name):  # packed along the input dimension, transposed: [E, cols, rows / 32, 16]
+                        if rows % MXFP4_BLOCK:
+                            raise SteerkitError(f"{self.folder}: {name}_blocks: {rows} inputs are not whole MXFP4 "
+                                                f"blocks of {MXFP4_BLOCK}")
+                        wanted[f"{name}_blocks"] = (info.n_experts, cols, rows // MXFP4_BLOCK, MXFP4_BLOCK // 2)
+                        wanted[f"{name}_scales"] = (info.n_experts, cols, rows // MXFP4_BLOCK)
+                    else:
+                        wanted[name] = (info.n_experts, rows, cols)
                 continue
             gate, up, down = self._projection_names(layer)
             for name in gate + up:
@@ -120,11 +128,32 @@ class HFWeights(WeightReader):
                                     f"{list(shape)} from config.json")
 
     def _get(self, name: str) -> np.ndarray:
+        return self._tensor(name).float().numpy()
+
+    def _tensor(self, name: str):
         # Checkpoints saved from a multimodal Gemma 3 nest the text model.
         for key in (name, f"language_model.{name}", f"model.language_model.{name.removeprefix('model.')}"):
             if key in self._where:
-                return self._handles[self._where[key]].get_tensor(key).float().numpy()
+                return self._handles[self._where[key]].get_tensor(key)
         raise SteerkitError(f"{self.folder}: tensor {name!r} is missing (is this a complete model?)")
+
+    def _mxfp4(self, name: str) -> bool:
+        """gpt-oss as OpenAI ships it: ``name`` saved as MXFP4 ``name_blocks`` and ``name_scales``."""
+        return name not in self._where and f"{name}_blocks" in self._where
+
+    def _fused(self, name: str) -> np.ndarray:
+        """A fused expert tensor as transformers holds it in memory, dequantized from MXFP4 where it is packed
+        (by transformers' own ``convert_moe_packed_tensors``, the function its loader calls)."""
+        if not self._mxfp4(name):
+            return self._get(name)
+        import torch
+        from transformers.integrations.mxfp4 import convert_moe_packed_tensors
+
+        blocks, scales = self._tensor(f"{name}_blocks"), self._tensor(f"{name}_scales")
+        if blocks.dtype != torch.uint8 or scales.dtype != torch.uint8:
+            raise SteerkitError(f"{self.folder}: {name}_blocks and _scales: expected uint8 MXFP4 data, got "
+                                f"{blocks.dtype} and {scales.dtype}")
+        return convert_moe_packed_tensors(blocks, scales, dtype=torch.float32).numpy()
 
     def _projection_names(self, layer: int) -> tuple[list[str], list[str], list[str]]:
         """The saved gate, up and down tensors of one layer: one each, or one per expert (in expert order)."""
@@ -149,8 +178,8 @@ class HFWeights(WeightReader):
         if experts is not None and experts.hf_fused:
             gate_up, down = self._fused_names(layer)
             if which == 2:
-                return self._get(down).reshape(-1, self.info.d_model)
-            columns = self._get(gate_up)[:, :, which::2]  # [E, d, d_ff]: gate columns even, up columns odd
+                return self._fused(down).reshape(-1, self.info.d_model)
+            columns = self._fused(gate_up)[:, :, which::2]  # [E, d, d_ff]: gate columns even, up columns odd
             return np.ascontiguousarray(columns.transpose(0, 2, 1).reshape(-1, self.info.d_model))
         matrices = [self._get(name) for name in self._projection_names(layer)[which]]
         return np.ascontiguousarray(np.concatenate([m.T for m in matrices] if which == 2 else matrices))
