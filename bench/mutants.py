@@ -147,6 +147,9 @@ MUTANTS: dict[str, tuple[str, str, str, list[str]]] = {
         "kept = torch.topk(pool_scores, pool_size, largest=False).indices", ["tests/test_find.py"]),
     "find: kept candidates lose their layer and neuron": (
         "steerkit/find.py", "pool_keys[kept.numpy()]", "pool_keys[:pool_size]", ["tests/test_find.py"]),
+    "candidates: the shortlist's read and write sides swapped": (
+        "steerkit/candidates.py", "read, write = probs[:len(keys)], probs[len(keys):]",
+        "write, read = probs[:len(keys)], probs[len(keys):]", ["tests/test_discover.py"]),
 }
 
 

@@ -111,12 +111,12 @@ def load_atlas(path: str | Path) -> Atlas:
     return atlas
 
 
-def read_matrices(reader: WeightReader, overlap: bool):
+def read_matrices(reader: WeightReader, overlap: bool, sides: tuple[str, ...] = SIDES):
     """``(layer, side_index, vectors)`` for every layer and side, dequantized in order; with ``overlap`` the next
     matrix is dequantized in a thread while the caller computes on the current one.  The atlas overlaps on an
     accelerator only (on the CPU its GEMM takes minutes per matrix, the dequantization under a second); `find`'s
     short screening GEMM gains 10-25 % from overlapping on 2 cores too."""
-    order = [(layer, k, side) for layer in range(reader.info.n_layers) for k, side in enumerate(SIDES)]
+    order = [(layer, SIDES.index(side), side) for layer in range(reader.info.n_layers) for side in sides]
 
     def load(item):
         layer, _, side = item

@@ -47,7 +47,7 @@ import numpy as np
 
 from steerkit.version import __version__
 from steerkit.atlas import Atlas
-from steerkit.candidates import Candidate, rank_candidates
+from steerkit.candidates import SHORTLISTED, Candidate, rank_candidates
 from steerkit.concept import Concept, concept_from_word, profile_name
 from steerkit.concept_vector import concept_directions, neuron_adds, vector_layers
 from steerkit.errors import SteerkitError
@@ -148,6 +148,9 @@ VECTOR_FRACTIONS = (0.3, 0.45, 0.6)
 VECTOR_FALLBACK = 0.5  # tried when no neuron setting inside the budget moves the mention rate by this much
 NEURON_COUNTS = (1, 2, 4, 8)
 DISCOVERY_NEEDS = ("measures_activations", "batches_rows")  # what discovery asks of a backend
+# Neuron-based discovery builds a missing atlas up to this many multiply-adds (layers x 2 sides x neurons x vocab
+# x d_model): Gemma 3 270M's 1.2e13, a few minutes on 2 cores; an 8B llama's 4.8e14 (hours) ranks from a shortlist.
+SMALL_ATLAS = 2e13
 _MIN_UNIT = 0.05  # floor for neurons that barely fire on the reference text
 
 
@@ -227,18 +230,15 @@ def discover(word: str, reader: WeightReader, atlas: Atlas | None, backend, supp
     on the answer until it names the concept; ``prompt`` on the prompt only;
     ``all`` at every position, so ``steerkit patch`` can bake it into a GGUF.
     ``max_new_tokens`` per calibration answer defaults to 32 for ``until`` (the
-    word has to come up inside it) and 20 otherwise.  ``atlas`` may be ``None`` for ``until``, which
-    needs none (the neuron candidates are then left out of the provenance): a big model is steered
-    without waiting for its atlas.
+    word has to come up inside it) and 20 otherwise.  ``atlas`` may be ``None``: ``until`` needs none (the
+    neuron candidates are then left out of the provenance), and the neuron-based modes rank neurons from a
+    shortlist (:func:`steerkit.candidates.rank_candidates`): a big model is steered without waiting for its atlas.
     """
     if positions not in POSITION_MODES:
         raise SteerkitError(f"positions: {positions!r} is not one of {', '.join(POSITION_MODES)}")
     until = positions == "until" and not suppress
     max_new_tokens = max_new_tokens or (UNTIL_TOKENS if until else 20)
     started = time.perf_counter()
-    if atlas is None and not until:
-        raise SteerkitError(f"discover --positions {positions}{' --suppress' if suppress else ''} ranks neurons "
-                            f"from the atlas: build it first (steerkit map)")
     concept = concept_from_word(word, reader.tokens())
     notes: list[str] = []
 
@@ -249,7 +249,10 @@ def discover(word: str, reader: WeightReader, atlas: Atlas | None, backend, supp
     if concept.note:
         note(concept.note)
     log(f"concept tokens: {', '.join(concept.tokens)}")
-    candidates = [] if atlas is None else rank_candidates(reader, atlas, concept, limit=max(NEURON_COUNTS))
+    if atlas is None and not until:
+        log(f"no atlas: ranking neurons from the {SHORTLISTED} write sides a vocabulary sample shortlists")
+    # `until` adds a direction, not neurons: without an atlas its candidates (provenance only) are skipped.
+    candidates = [] if atlas is None and until else rank_candidates(reader, atlas, concept, limit=max(NEURON_COUNTS))
     binding = reader.binding()
     for c in candidates:
         log(f"  {binding.label(c.layer, c.neuron)} write{'+' if c.sign > 0 else '-'} p={c.write_prob:.3f} x{c.specificity:.2f} "
@@ -362,13 +365,19 @@ def _provenance(concept, candidates, baseline, sweep, chosen, budget, prompts, s
 
 def atlas_for_discovery(reader: WeightReader, positions: str = "until", suppress: bool = False,
                         progress: bool = True) -> Atlas | None:
-    """The atlas discovery needs: none for ``until`` (the cached one if there is one, for the provenance),
-    the whole atlas (built if need be) for neuron-based modes."""
+    """The atlas discovery ranks neurons from: the cached one if there is one; else, for the neuron-based modes,
+    one built now if the model is small (:data:`SMALL_ATLAS`); else none, and neurons are ranked from a
+    shortlist (:func:`steerkit.candidates.rank_candidates`) instead of waiting hours for a big model's atlas.
+    ``until`` needs none."""
     from steerkit.atlas import atlas_for, cached_atlas
 
-    if positions == "until" and not suppress:
-        return cached_atlas(reader)
-    return atlas_for(reader, progress=progress)
+    cached = cached_atlas(reader)
+    if cached is not None or (positions == "until" and not suppress):
+        return cached
+    info = reader.info
+    if info.n_layers * 2 * info.neurons * info.vocab_size * info.d_model <= SMALL_ATLAS:
+        return atlas_for(reader, progress=progress)
+    return None
 
 
 def discovered_profile_path(reader: WeightReader, word: str, suppress: bool = False, positions: str = "until"):

@@ -30,8 +30,8 @@ from steerkit.errors import SteerkitError
 from steerkit.vocab import word_variants
 from steerkit.weights import WeightReader
 
-__all__ = ["NeuronHit", "score_tokens", "find_word", "quick_find", "sampled_estimate", "SCREEN", "KEEP", "SAMPLE",
-           "DECODE"]
+__all__ = ["NeuronHit", "score_tokens", "find_word", "quick_find", "shortlist", "concept_probs", "sampled_estimate",
+           "SCREEN", "KEEP", "SAMPLE", "DECODE"]
 
 SCREEN = 512  # vocabulary tokens sampled for the coarse pass over every neuron side
 KEEP = 0.05  # share of all neuron sides the coarse pass keeps for the finer estimate
@@ -111,37 +111,34 @@ def sampled_estimate(normed: torch.Tensor, word_columns: torch.Tensor, sample_co
     return out
 
 
-def quick_find(reader: WeightReader, word: str, limit: int = 20, sample: int = SAMPLE, decode: int = DECODE,
-               top_k: int = 10, seed: int = 0, screen: int = SCREEN, keep: float = KEEP,
-               ) -> tuple[list[tuple[int, str]], list[NeuronHit]]:
-    """:func:`find_word` without an atlas (see the module doc): screen every neuron side on ``screen`` sampled
-    tokens, estimate the best ``keep`` share of them on ``sample`` tokens, decode only the best ``decode`` exactly."""
-    from steerkit.full_decode import decode_side
+def shortlist(reader: WeightReader, token_ids: list[int], count: int, sides: tuple[str, ...] = SIDES,
+              sample: int = SAMPLE, screen: int = SCREEN, keep: float = KEEP, seed: int = 0,
+              ) -> tuple[np.ndarray, torch.Tensor]:
+    """The ``count`` neuron sides most likely to give ``token_ids`` the most probability, without an atlas.
 
+    Every side is screened on ``screen`` sampled tokens as its matrix is read; the best ``keep`` share is kept
+    with its vectors (so no matrix is read twice) and estimated again on ``sample`` tokens.  Returns keys
+    ``[count, 3]`` (layer, index of the side in :data:`SIDES`, neuron) and the sides' raw vectors, best first.
+    """
     info = reader.info
-    variants = word_variants(word, reader.tokens())
-    ids = [i for i, _ in variants]
-    rest = np.setdiff1d(np.arange(info.vocab_size), ids)
+    rest = np.setdiff1d(np.arange(info.vocab_size), token_ids)
     sampled = np.random.default_rng(seed).choice(rest, size=min(sample, rest.size), replace=False)
-    screened = sampled[:screen]  # a random part of a random sample: itself a uniform sample
     gain = torch.from_numpy(reader.norm_gain())
     unembedding = reader.unembedding()
-    word_columns = torch.from_numpy(unembedding[ids]).T.contiguous()
+    word_columns = torch.from_numpy(unembedding[token_ids]).T.contiguous()
 
     def columns(tokens: np.ndarray) -> tuple[torch.Tensor, float]:
         return torch.from_numpy(unembedding[tokens]).T.contiguous(), float(np.log(rest.size / tokens.size))
 
-    # Pass 1 over every matrix: the coarse estimate keeps the best neuron sides with their raw vectors, so the
-    # later passes never dequantize a matrix again.
-    screen_columns, screen_scale = columns(screened)
-    pool_size = max(decode, int(np.ceil(keep * info.n_layers * len(SIDES) * info.neurons)))
+    screen_columns, screen_scale = columns(sampled[:screen])  # a random part of a random sample: itself uniform
+    pool_size = max(count, int(np.ceil(keep * info.n_layers * len(sides) * info.neurons)))
     pool_scores = torch.empty(0)
-    pool_keys = np.empty((0, 3), dtype=np.int64)  # layer, side index, neuron
+    pool_keys = np.empty((0, 3), dtype=np.int64)
     pool_vectors = torch.empty((0, info.d_model))
-    for layer, side_index, vectors in read_matrices(reader, overlap=True):
+    for layer, side_index, vectors in read_matrices(reader, overlap=True, sides=sides):
         vectors = torch.from_numpy(vectors)
-        normed = rms_normalize(vectors, gain, info.rms_eps)
-        scores = sampled_estimate(normed, word_columns, screen_columns, screen_scale).amax(1)
+        scores = sampled_estimate(rms_normalize(vectors, gain, info.rms_eps), word_columns, screen_columns,
+                                  screen_scale).amax(1)
         best = torch.topk(scores, min(pool_size, scores.numel())).indices
         keys = np.stack([np.full(best.numel(), layer), np.full(best.numel(), side_index), best.numpy()], 1)
         pool_scores = torch.cat([pool_scores, scores[best]])
@@ -150,22 +147,44 @@ def quick_find(reader: WeightReader, word: str, limit: int = 20, sample: int = S
         if pool_scores.numel() > pool_size:
             kept = torch.topk(pool_scores, pool_size).indices
             pool_scores, pool_keys, pool_vectors = pool_scores[kept], pool_keys[kept.numpy()], pool_vectors[kept]
-    # Pass 2: the kept sides on the whole sample; the best `decode` of them are decoded over the whole vocabulary.
     sample_columns, sample_scale = columns(sampled)
-    normed = rms_normalize(pool_vectors, gain, info.rms_eps)
-    refined = sampled_estimate(normed, word_columns, sample_columns, sample_scale).amax(1)
-    chosen = torch.topk(refined, min(decode, refined.numel())).indices
-    vectors, keys = pool_vectors[chosen], pool_keys[chosen.numpy()]
-    unembedding_t = torch.from_numpy(unembedding).T.contiguous()
-    top_ids, _, lse = decode_side(vectors, gain, unembedding_t, info.rms_eps, top_k)
-    logits = rms_normalize(vectors, gain, info.rms_eps) @ word_columns
+    refined = sampled_estimate(rms_normalize(pool_vectors, gain, info.rms_eps), word_columns, sample_columns,
+                               sample_scale).amax(1)
+    chosen = torch.topk(refined, min(count, refined.numel())).indices
+    return pool_keys[chosen.numpy()], pool_vectors[chosen]
+
+
+def concept_probs(reader: WeightReader, vectors: torch.Tensor, token_ids: list[int], top_k: int = 10,
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Decode ``vectors`` over the whole vocabulary, both signs: the summed probability of ``token_ids``
+    ``[n, 2]``, and the top-k ids and probabilities ``[n, 2, k]`` (:func:`steerkit.full_decode.decode_side`)."""
+    from steerkit.full_decode import decode_side
+
+    info = reader.info
+    gain = torch.from_numpy(reader.norm_gain())
+    unembedding = reader.unembedding()
+    top_ids, top_probs, lse = decode_side(vectors, gain, torch.from_numpy(unembedding).T.contiguous(), info.rms_eps,
+                                          top_k)
+    logits = rms_normalize(vectors, gain, info.rms_eps) @ torch.from_numpy(unembedding[token_ids]).T
+    probs = torch.stack([(sign * logits - lse[:, i, None]).exp().sum(1) for i, sign in enumerate((1, -1))], 1)
+    return probs, top_ids, top_probs
+
+
+def quick_find(reader: WeightReader, word: str, limit: int = 20, sample: int = SAMPLE, decode: int = DECODE,
+               top_k: int = 10, seed: int = 0, screen: int = SCREEN, keep: float = KEEP,
+               ) -> tuple[list[tuple[int, str]], list[NeuronHit]]:
+    """:func:`find_word` without an atlas (see the module doc): :func:`shortlist` ``decode`` neuron sides, then
+    decode them exactly."""
+    variants = word_variants(word, reader.tokens())
+    ids = [i for i, _ in variants]
+    keys, vectors = shortlist(reader, ids, decode, sample=sample, screen=screen, keep=keep, seed=seed)
+    probs, top_ids, _ = concept_probs(reader, vectors, ids, top_k)
     best_per_neuron: dict[tuple[int, int], NeuronHit] = {}
-    for sign_index, sign in enumerate((1, -1)):
-        probs = (sign * logits - lse[:, sign_index, None]).exp().sum(1)
-        for row, (layer, side_index, neuron) in enumerate(keys.tolist()):
+    for row, (layer, side_index, neuron) in enumerate(keys.tolist()):
+        for sign_index in range(2):
             top = tuple(int(t) for t in top_ids[row, sign_index])
             in_top = [k for k, t in enumerate(top) if t in ids]
-            hit = NeuronHit(layer, neuron, VIEWS[2 * side_index + sign_index].label, float(probs[row]),
+            hit = NeuronHit(layer, neuron, VIEWS[2 * side_index + sign_index].label, float(probs[row, sign_index]),
                             in_top[0] if in_top else -1, top)
             if (layer, neuron) not in best_per_neuron or hit.prob > best_per_neuron[layer, neuron].prob:
                 best_per_neuron[layer, neuron] = hit

@@ -58,8 +58,13 @@ def test_candidate_scores_are_what_the_model_predicts_from_each_vector(planted):
     # "dog": the best six, planted ones among them; "cat": every neuron past layer 0 (layer 0 is ranked last,
     # never chosen), most of them with another top token.
     every = (reader.info.n_layers - 1) * reader.info.d_ff
+    # Ranked from the atlas, and without one from a shortlist of write sides.
     concepts = [(concept_from_word(word, atlas.vocab), limit) for word, limit in (("dog", 6), ("cat", every))]
-    ranked = [(concept, rank_candidates(reader, atlas, concept, limit=limit)) for concept, limit in concepts]
+    ranked = [(concept, rank_candidates(reader, source, concept, limit=limit, shortlisted=shortlisted))
+              for concept, limit in concepts for source, shortlisted in ((atlas, 0), (None, 24), (None, 1024))]
+    assert [(c.layer, c.neuron, c.sign) for c in ranked[0][1]] == [(c.layer, c.neuron, c.sign) for c in ranked[1][1]]
+    assert len(ranked[5][1]) == every and {(c.layer, c.neuron) for c in ranked[5][1]} == {
+        (c.layer, c.neuron) for c in ranked[3][1]}  # a shortlist of every side: every neuron
     assert any(c.specificity < 0.9 for _, candidates in ranked for c in candidates)  # the min(1, ...) does not hide it
     for concept, c in ((concept, c) for concept, candidates in ranked for c in candidates):
         mlp = model.model.layers[c.layer].mlp
@@ -420,8 +425,8 @@ def test_output_direction_raises_the_concept_over_the_average_token(planted):
     assert abs(unembedding.mean(0) @ (reader.norm_gain() * direction)) < 0.05 * logits[word_start].min()
 
 
-def test_until_discovery_needs_no_atlas(planted):
-    """A big model is steered before its atlas exists: only the neuron-based modes need one."""
+def test_discovery_needs_no_atlas(planted):
+    """A big model is steered before its atlas exists."""
     from steerkit.concept_vector import neuron_adds
     from steerkit.output_direction import output_direction, output_layers
 
@@ -434,5 +439,10 @@ def test_until_discovery_needs_no_atlas(planted):
     with_atlas = discover("dog", reader, atlas, evaluator, prompts=["p1", "p2"])
     assert without.candidates == [] and with_atlas.candidates
     assert without.profile.edits == with_atlas.profile.edits
-    with pytest.raises(SteerkitError, match="build it first"):
-        discover("dog", reader, None, evaluator, prompts=["p1"], positions="prompt")
+    # The neuron-based modes rank from a shortlist instead: the same neurons, so the same profile.
+    shortlisted = discover("dog", reader, None, evaluator, prompts=["p1"], positions="all")
+    ranked = discover("dog", reader, atlas, evaluator, prompts=["p1"], positions="all")
+    key = lambda found: [(c.layer, c.neuron, c.sign) for c in found.candidates]  # noqa: E731
+    assert key(shortlisted) == key(ranked) and len(key(ranked)) == 8
+    edit = lambda e: (e.layer, e.neuron, e.op, e.value, e.score)  # noqa: E731 (tokens: this atlas keeps 5, not 6)
+    assert [edit(e) for e in shortlisted.profile.edits] == [edit(e) for e in ranked.profile.edits]

@@ -193,7 +193,9 @@ def planted(model_type: str, layer=2, expert=2, index=7):
 def test_atlas_decodes_every_expert_neuron_and_find_names_it(tmp_path):
     from steerkit.atlas import build_atlas
     from steerkit.full_decode import decode_side
-    from steerkit.find import find_word
+    from steerkit.candidates import rank_candidates
+    from steerkit.concept import concept_from_word
+    from steerkit.find import find_word, quick_find
 
     reader = open_weights(str(save_gguf(planted("qwen3_moe"), tmp_path / "m.gguf")))
     atlas = build_atlas(reader, top_k=5, progress=False)
@@ -206,6 +208,12 @@ def test_atlas_decodes_every_expert_neuron_and_find_names_it(tmp_path):
         np.testing.assert_allclose(atlas.lse[layer, :, 2:], lse.numpy(), rtol=1e-5)
     _, hits = find_word(reader, atlas, "dog", limit=3)
     assert (hits[0].layer, hits[0].neuron, hits[0].view) == (2, 2 * EXPERT_WIDTH + 7, "write+")
+    # Without the atlas: `find` and discovery's ranking shortlist the same expert neuron.
+    _, quick = quick_find(reader, "dog", limit=3, decode=48)
+    assert [(h.layer, h.neuron, h.view) for h in quick] == [(h.layer, h.neuron, h.view) for h in hits]
+    concept = concept_from_word("dog", reader.tokens())
+    assert [(c.layer, c.neuron, c.sign) for c in rank_candidates(reader, None, concept, 4, shortlisted=48)] == [
+        (c.layer, c.neuron, c.sign) for c in rank_candidates(reader, atlas, concept, 4)]
 
 
 def fused_from_reader(reader, layer):

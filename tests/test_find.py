@@ -60,3 +60,21 @@ def test_quick_find_agrees_with_the_atlas_on_the_default_model():
         # A bf16 atlas (chosen on CPUs with native BF16) carries its log-sum-exp's stated 0.03-nat tolerance.
         rtol = 1e-3 if atlas.meta["dtype"] == "float32" else 0.03
         np.testing.assert_allclose([h.prob for h in quick], [h.prob for h in exact], rtol=rtol)
+
+
+@pytest.mark.real
+def test_discovery_ranks_the_same_neurons_without_the_atlas_on_the_default_model():
+    """Discovery's neuron ranking from a shortlist (a big model's first `discover`): the atlas's 16 candidates, in
+    its order, with its scores (the shortlist decodes in fp32; a bf16 atlas carries its 0.03-nat tolerance)."""
+    from steerkit.candidates import rank_candidates
+    from steerkit.concept import concept_from_word
+
+    reader = open_weights(None)
+    atlas = atlas_for(reader, progress=False)
+    for word in ("dog", "music", "wedding"):
+        concept = concept_from_word(word, reader.tokens())
+        exact, quick = rank_candidates(reader, atlas, concept), rank_candidates(reader, None, concept)
+        assert [(c.layer, c.neuron, c.sign, c.tokens) for c in quick] == [(c.layer, c.neuron, c.sign, c.tokens)
+                                                                       for c in exact], word
+        rtol = 1e-3 if atlas.meta["dtype"] == "float32" else 0.06
+        np.testing.assert_allclose([c.score for c in quick], [c.score for c in exact], rtol=rtol)
