@@ -12,7 +12,7 @@ from steerkit.runtimes.hf.measure import activation_scale, answer_nll, generate_
 from steerkit.atlas import build_atlas
 from steerkit.candidates import rank_candidates
 from steerkit.concept import concept_from_word
-from steerkit.discovery import Budget, discover
+from steerkit.discovery import Budget, atlas_for_discovery, discover
 from steerkit.errors import SteerkitError, UnsupportedEdit
 from steerkit.metrics import AnswerStats
 from steerkit.plan import compile_plan
@@ -446,3 +446,20 @@ def test_discovery_needs_no_atlas(planted):
     assert key(shortlisted) == key(ranked) and len(key(ranked)) == 8
     edit = lambda e: (e.layer, e.neuron, e.op, e.value, e.score)  # noqa: E731 (tokens: this atlas keeps 5, not 6)
     assert [edit(e) for e in shortlisted.profile.edits] == [edit(e) for e in ranked.profile.edits]
+
+
+def test_discovery_builds_only_a_small_atlas(planted, monkeypatch, tmp_path):
+    """The neuron modes build a missing atlas when it is small and rank from a shortlist when it is big; `until`
+    never builds one."""
+    import steerkit.discovery
+
+    monkeypatch.setenv("STEERKIT_CACHE", str(tmp_path / "cache"))
+    _, reader, _ = planted
+    assert atlas_for_discovery(reader, "until", progress=False) is None
+    monkeypatch.setattr(steerkit.discovery, "SMALL_ATLAS", 0)
+    assert atlas_for_discovery(reader, "all", progress=False) is None
+    assert atlas_for_discovery(reader, "until", suppress=True, progress=False) is None
+    monkeypatch.setattr(steerkit.discovery, "SMALL_ATLAS", 2e13)
+    built = atlas_for_discovery(reader, "prompt", progress=False)
+    assert built is not None and built.meta["fingerprint"] == reader.fingerprint()
+    assert atlas_for_discovery(reader, "until", progress=False) is not None  # cached now: kept for the provenance
