@@ -59,10 +59,9 @@ def rank_candidates(reader: WeightReader, atlas: Atlas | None, concept: Concept,
     ``shortlisted`` write sides most likely to promote the concept are estimated from vocabulary samples, then
     their neurons are decoded exactly on both sides; the scores are the atlas's, for those neurons.
     """
-    ids = list(concept.token_ids)
     if atlas is None:
         return _rank_shortlist(reader, concept, limit, shortlisted)
-    scores = score_tokens(reader, atlas, ids)  # [layers, neurons, views]: read+, read-, write+, write-
+    scores = score_tokens(reader, atlas, list(concept.token_ids))  # [layers, neurons, views]: read+, read-, write+, write-
     layers, neurons = np.indices(scores.shape[:2])
     write_top = atlas.token_ids[:, :, 2:, :6]
     return _ranked(layers.reshape(-1), neurons.reshape(-1), scores.reshape(-1, 4),
@@ -72,13 +71,14 @@ def rank_candidates(reader: WeightReader, atlas: Atlas | None, concept: Concept,
 
 def _rank_shortlist(reader: WeightReader, concept: Concept, limit: int, shortlisted: int) -> list[Candidate]:
     ids = list(concept.token_ids)
-    keys, write_vectors = shortlist(reader, ids, shortlisted, sides=("write",))
+    unembedding = reader.unembedding()
+    keys, write_vectors = shortlist(reader, unembedding, ids, shortlisted, sides=("write",))
     layers, neurons = keys[:, 0], keys[:, 2]
     read_vectors = torch.empty_like(write_vectors)
     for layer in np.unique(layers):  # read sides of the shortlisted neurons: one up matrix per layer that has any
         rows = np.nonzero(layers == layer)[0]
         read_vectors[rows] = torch.from_numpy(reader.up_rows(int(layer))[neurons[rows]])
-    probs, top_ids, top_probs = concept_probs(reader, torch.cat([read_vectors, write_vectors]), ids)
+    probs, top_ids, top_probs = concept_probs(reader, unembedding, torch.cat([read_vectors, write_vectors]), ids)
     read, write = probs[:len(keys)], probs[len(keys):]
     return _ranked(layers, neurons, torch.cat([read, write], 1).numpy(), top_probs[len(keys):, :, 0].numpy(),
                    top_ids[len(keys):, :, :6].numpy(), reader.tokens(), limit)
@@ -94,9 +94,10 @@ def _ranked(layers: np.ndarray, neurons: np.ndarray, scores: np.ndarray, write_t
     top_prob = np.take_along_axis(write_top_prob, sign_index[:, None], axis=1)[:, 0]
     specificity = np.minimum(1.0, write_best / np.maximum(top_prob, 1e-12))
     combined = write_best * specificity * (1.0 + read.max(axis=-1))
-    candidates = []
+    order = np.argsort(combined)[::-1]
     # llama.cpp's control vectors (how prompt-position edits run there) start at layer 1: layer 0 is never chosen.
-    for row in [row for row in np.argsort(combined)[::-1] if layers[row] != 0][:limit]:
+    candidates = []
+    for row in order[layers[order] != 0][:limit]:
         read_index = int(read[row].argmax())
         candidates.append(Candidate(
             int(layers[row]), int(neurons[row]), 1 - 2 * int(sign_index[row]), float(write_best[row]),

@@ -111,20 +111,21 @@ def sampled_estimate(normed: torch.Tensor, word_columns: torch.Tensor, sample_co
     return out
 
 
-def shortlist(reader: WeightReader, token_ids: list[int], count: int, sides: tuple[str, ...] = SIDES,
+def shortlist(reader: WeightReader, unembedding: np.ndarray, token_ids: list[int], count: int,
+              sides: tuple[str, ...] = SIDES,
               sample: int = SAMPLE, screen: int = SCREEN, keep: float = KEEP, seed: int = 0,
               ) -> tuple[np.ndarray, torch.Tensor]:
     """The ``count`` neuron sides most likely to give ``token_ids`` the most probability, without an atlas.
 
     Every side is screened on ``screen`` sampled tokens as its matrix is read; the best ``keep`` share is kept
-    with its vectors (so no matrix is read twice) and estimated again on ``sample`` tokens.  Returns keys
+    with its vectors (so no matrix is read twice) and estimated again on ``sample`` tokens.  ``unembedding`` is
+    ``reader.unembedding()``, read once by the caller (a GGUF dequantizes it on every call).  Returns keys
     ``[count, 3]`` (layer, index of the side in :data:`SIDES`, neuron) and the sides' raw vectors, best first.
     """
     info = reader.info
     rest = np.setdiff1d(np.arange(info.vocab_size), token_ids)
     sampled = np.random.default_rng(seed).choice(rest, size=min(sample, rest.size), replace=False)
     gain = torch.from_numpy(reader.norm_gain())
-    unembedding = reader.unembedding()
     word_columns = torch.from_numpy(unembedding[token_ids]).T.contiguous()
 
     def columns(tokens: np.ndarray) -> tuple[torch.Tensor, float]:
@@ -154,15 +155,15 @@ def shortlist(reader: WeightReader, token_ids: list[int], count: int, sides: tup
     return pool_keys[chosen.numpy()], pool_vectors[chosen]
 
 
-def concept_probs(reader: WeightReader, vectors: torch.Tensor, token_ids: list[int], top_k: int = 10,
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Decode ``vectors`` over the whole vocabulary, both signs: the summed probability of ``token_ids``
-    ``[n, 2]``, and the top-k ids and probabilities ``[n, 2, k]`` (:func:`steerkit.full_decode.decode_side`)."""
+def concept_probs(reader: WeightReader, unembedding: np.ndarray, vectors: torch.Tensor, token_ids: list[int],
+                  top_k: int = 10) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Decode ``vectors`` over the whole vocabulary (``unembedding``: ``reader.unembedding()``), both signs: the
+    summed probability of ``token_ids`` ``[n, 2]``, and the top-k ids and probabilities ``[n, 2, k]``
+    (:func:`steerkit.full_decode.decode_side`)."""
     from steerkit.full_decode import decode_side
 
     info = reader.info
     gain = torch.from_numpy(reader.norm_gain())
-    unembedding = reader.unembedding()
     top_ids, top_probs, lse = decode_side(vectors, gain, torch.from_numpy(unembedding).T.contiguous(), info.rms_eps,
                                           top_k)
     logits = rms_normalize(vectors, gain, info.rms_eps) @ torch.from_numpy(unembedding[token_ids]).T
@@ -177,8 +178,9 @@ def quick_find(reader: WeightReader, word: str, limit: int = 20, sample: int = S
     decode them exactly."""
     variants = word_variants(word, reader.tokens())
     ids = [i for i, _ in variants]
-    keys, vectors = shortlist(reader, ids, decode, sample=sample, screen=screen, keep=keep, seed=seed)
-    probs, top_ids, _ = concept_probs(reader, vectors, ids, top_k)
+    unembedding = reader.unembedding()
+    keys, vectors = shortlist(reader, unembedding, ids, decode, sample=sample, screen=screen, keep=keep, seed=seed)
+    probs, top_ids, _ = concept_probs(reader, unembedding, vectors, ids, top_k)
     best_per_neuron: dict[tuple[int, int], NeuronHit] = {}
     for row, (layer, side_index, neuron) in enumerate(keys.tolist()):
         for sign_index in range(2):
