@@ -55,7 +55,7 @@ def test_candidate_scores_are_what_the_model_predicts_from_each_vector(planted):
         with torch.no_grad():
             return torch.softmax(model.lm_head(model.model.norm(vector[None, None]))[0, 0].double(), -1)
 
-    # "dog": the best six, planted ones among them; "cat": every neuron past layer 0 (layer 0 is ranked last,
+    # "dog": the best six, planted ones among them; "cat": every neuron past layer 0 (layer 0 is left out,
     # never chosen), most of them with another top token.
     every = (reader.info.n_layers - 1) * reader.info.d_ff
     # Ranked from the atlas, and without one from a shortlist of write sides.
