@@ -136,6 +136,12 @@ MUTANTS: dict[str, tuple[str, str, str, list[str]]] = {
         "steerkit/full_decode.py", "exact[row] = rows.index_select(0, ids[row]) @ normed[row]",
         "exact[row] = rows.index_select(0, ids[row - 1]) @ normed[row]",
         ["tests/test_precision.py", "tests/test_atlas.py"]),
+    "atlas: bf16 operand rounding left uncorrected": (
+        "steerkit/full_decode.py", ".clamp_min(0) * shift.exp()", ".clamp_min(0)",
+        ["tests/test_precision.py"]),
+    "atlas: bf16 emulation leaves the operand unrounded": (
+        "steerkit/full_decode.py", "normed.to(emulate or fast_unembedding_t.dtype).to(fast_unembedding_t.dtype)",
+        "normed.to(fast_unembedding_t.dtype)", ["tests/test_precision.py"]),
     "activation scale: mean instead of peak": (
         "runtimes/hf/measure.py", "args[0].detach().abs().flatten(0, -2).amax(dim=0)",
         "args[0].detach().abs().flatten(0, -2).mean(dim=0)", ["tests/test_discover.py"]),

@@ -181,7 +181,7 @@ def build_atlas(reader: WeightReader, top_k: int = 10, progress: bool = True, de
     return Atlas(meta, reader.tokens(), token_ids, probs, lse)
 
 
-ATLAS_FORMAT = 1  # bump when what an atlas holds or how it is computed changes
+ATLAS_FORMAT = 2  # bump when what an atlas holds or how it is computed changes (2: bf16 log-sum-exp corrected)
 
 
 def atlas_path(fingerprint: str, top_k: int, dtype: str = "float32") -> Path:

@@ -22,8 +22,8 @@ bf16 rounds the decoded vectors and the LM head to 8 bits of mantissa, so
 near-ties between tokens can swap; :func:`steerkit.full_decode.decode_side`
 therefore takes the top-k *candidates* from the bf16 logits with a margin
 and rescores them in fp32 (exact top-k order and probabilities); only the
-rest of the vocabulary's share of the log-sum-exp comes from bf16 logits
-(within 0.03 nats, docs/measurements.md).  The agreement is measured in
+rest of the vocabulary's share of the log-sum-exp comes from bf16 logits,
+corrected for the operand's rounding (within 0.03 nats, docs/measurements.md).  The agreement is measured in
 ``bench/bench_precision.py`` and checked in the tests.
 """
 
