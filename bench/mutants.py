@@ -32,7 +32,7 @@ RESULTS = ROOT / "bench" / "results"
 # name: (file, original text, mutated text, test files)
 MUTANTS: dict[str, tuple[str, str, str, list[str]]] = {
     "decode: final-norm gain dropped": (
-        "steerkit/decode.py", "return vectors * scale * gain.float()", "return vectors * scale",
+        "steerkit/decode.py", "return torch.mul(vectors, scale).mul_(gain.float())", "return torch.mul(vectors, scale)",
         ["tests/test_decode.py", "tests/test_atlas.py"]),
     "decode: view sign ignored": (
         "steerkit/decode.py", "logits = view.sign * decode_logits(", "logits = 1 * decode_logits(",
@@ -149,10 +149,16 @@ MUTANTS: dict[str, tuple[str, str, str, list[str]]] = {
         "steerkit/profile.py", 'if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:',
         "if False:", ["tests/test_hostile_files.py", "tests/test_profile.py"]),
     "find: the screening pass keeps its worst candidates": (
-        "steerkit/find.py", "kept = torch.topk(pool_scores, pool_size).indices",
-        "kept = torch.topk(pool_scores, pool_size, largest=False).indices", ["tests/test_find.py"]),
-    "find: kept candidates lose their layer and neuron": (
-        "steerkit/find.py", "pool_keys[kept.numpy()]", "pool_keys[:pool_size]", ["tests/test_find.py"]),
+        "steerkit/find.py", "kept[torch.topk(both, size).indices] = True",
+        "kept[torch.topk(both, size, largest=False).indices] = True", ["tests/test_find.py"]),
+    "find: kept candidates lose their neuron": (
+        "steerkit/find.py", "newcomers.numpy()], 1)", "slots.numpy()], 1)", ["tests/test_find.py"]),
+    "find: newcomers written over the wrong slots": (
+        "steerkit/find.py", "slots = torch.nonzero(~kept[:size]).flatten()", "slots = torch.arange(newcomers.numel())",
+        ["tests/test_find.py"]),
+    "find: the screen drops the final norm's gain": (
+        "steerkit/find.py", "(torch.from_numpy(unembedding[tokens]).T * gain[:, None]).contiguous()",
+        "torch.from_numpy(unembedding[tokens]).T.contiguous()", ["tests/test_find.py"]),
     "candidates: the shortlist's read and write sides swapped": (
         "steerkit/candidates.py", "read, write = probs[:len(keys)], probs[len(keys):]",
         "write, read = probs[:len(keys)], probs[len(keys):]", ["tests/test_discover.py"]),
@@ -204,7 +210,8 @@ def main() -> None:
     if args.only and (RESULTS / "mutants.json").is_file():  # update those entries of the last full run
         fresh = {r["mutant"]: r for r in results}
         earlier = json.loads((RESULTS / "mutants.json").read_text())
-        results = [fresh.pop(r["mutant"], r) for r in earlier] + list(fresh.values())
+        # Entries of mutants no longer defined (renamed or rewritten with their code) are dropped.
+        results = [fresh.pop(r["mutant"], r) for r in earlier if r["mutant"] in MUTANTS] + list(fresh.values())
     caught = sum(r["result"].startswith("caught") for r in results)
     table = ["| mutant | file | result | first failing test |", "|---|---|---|---|"]
     table += [f"| {r['mutant']} | `{r['file']}` | {r['result']} | {r.get('failed', '')} |" for r in results]

@@ -196,7 +196,10 @@ def atlas_path(fingerprint: str, top_k: int, dtype: str = "float32") -> Path:
 
 def cached_atlas(reader: WeightReader, top_k: int = 10, device: str = "cpu") -> Atlas | None:
     """The model's atlas if the cache holds a readable one (for ``device``'s precision), else ``None``."""
-    path = atlas_path(reader.fingerprint(), top_k, choose_precision(device, reader.info.d_model, reader.info.vocab_size).label)
+    fingerprint = reader.fingerprint()
+    if not any(atlas_path(fingerprint, top_k).parent.glob(f"{fingerprint[:24]}-k{top_k}-*.npz")):
+        return None  # none in any precision: no need to probe which one this machine picks (~10 s for an 8B)
+    path = atlas_path(fingerprint, top_k, choose_precision(device, reader.info.d_model, reader.info.vocab_size).label)
     if path.is_file():
         try:
             return load_atlas(path)

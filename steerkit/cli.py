@@ -141,7 +141,7 @@ def find_command(
         typer.echo(f"no atlas of {reader.info.label} cached: estimating from {SCREEN}, then {SAMPLE} sampled tokens, "
                    f"then decoding the best {DECODE} neuron sides exactly (`steerkit map` builds the whole atlas)",
                    err=True)
-        variants, hits = quick_find(reader, word, limit)
+        variants, hits = quick_find(reader, word, limit, progress=True)
     else:
         variants, hits = find_word(reader, atlas, word, limit)
     display_token = token_display(vocab)

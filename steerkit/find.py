@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from steerkit.atlas import Atlas, read_matrices
 from steerkit.decode import SIDES, VIEWS, rms_normalize
@@ -99,26 +100,77 @@ def find_word(reader: WeightReader, atlas: Atlas, word: str, limit: int = 20) ->
     return variants, hits
 
 
-def sampled_estimate(normed: torch.Tensor, word_columns: torch.Tensor, sample_columns: torch.Tensor,
-                      scale: float) -> torch.Tensor:
-    """The word's summed probability in both signs of each row, ``[n, 2]``, with the log-sum-exp estimated from
-    the sample (its terms times ``exp(scale)``, standing for the rest of the vocabulary) and the word's own tokens."""
-    word_logits, sample_logits = normed @ word_columns, normed @ sample_columns
-    out = torch.empty((normed.shape[0], 2))
+def sampled_estimate(vectors: torch.Tensor, word_columns: torch.Tensor, sample_columns: torch.Tensor,
+                     scale: float, eps: float) -> torch.Tensor:
+    """The word's summed probability in both signs of each row of raw ``vectors``, ``[n, 2]``, with the
+    log-sum-exp estimated from the sample (its terms times ``exp(scale)``, standing for the rest of the
+    vocabulary) and the word's own tokens.
+
+    The final norm is folded in: the columns are the head's times the norm's gain, and each row's logits are
+    multiplied by its RMS scale (``normed @ C == rsqrt(mean(v^2) + eps) * (v @ (gain * C))``), so no
+    normalized copy of an 8B matrix (235 MB) is written per screened matrix.
+    """
+    vectors = vectors.float()
+    row_scale = torch.rsqrt(torch.linalg.vector_norm(vectors, dim=1, keepdim=True).square_() / vectors.shape[1] + eps)
+    word_logits, sample_logits = (vectors @ word_columns).mul_(row_scale), (vectors @ sample_columns).mul_(row_scale)
+    out = torch.empty((vectors.shape[0], 2))
     for sign_index, sign in enumerate((1, -1)):
         lse = torch.logaddexp(torch.logsumexp(sign * word_logits, 1), torch.logsumexp(sign * sample_logits, 1) + scale)
         out[:, sign_index] = (sign * word_logits - lse[:, None]).exp().sum(1)
     return out
 
 
+class _Pool:
+    """The ``size`` best-scoring neuron sides seen so far, with their vectors, in fixed slots.
+
+    A newcomer takes the slot of a side it pushes out, so a matrix costs a copy of only the rows that enter
+    (concatenating the pool with each matrix and selecting again copied ~1 GB per matrix for an 8B model:
+    a third of a first ``find``).
+    """
+
+    def __init__(self, size: int, d_model: int) -> None:
+        self.scores = torch.full((size,), -torch.inf)
+        self.keys = np.zeros((size, 3), dtype=np.int64)
+        self.vectors = torch.empty((size, d_model))
+        self.occupied = torch.zeros(size, dtype=torch.bool)
+
+    def offer(self, scores: torch.Tensor, vectors: torch.Tensor, layer: int, side_index: int) -> None:
+        """Take the rows of one matrix (``scores [n]``, ``vectors [n, d]``) that belong among the best."""
+        size = self.scores.numel()
+        if bool(self.occupied.all()):
+            entering = torch.nonzero(scores > self.scores.min()).flatten()
+        else:
+            entering = torch.arange(scores.numel())
+        if entering.numel() > size:
+            entering = entering[torch.topk(scores[entering], size).indices]
+        both = torch.cat([self.scores, scores[entering]])
+        kept = torch.zeros(both.numel(), dtype=torch.bool)
+        kept[torch.topk(both, size).indices] = True
+        newcomers = entering[kept[size:]]
+        slots = torch.nonzero(~kept[:size]).flatten()  # as many as newcomers: exactly `size` are kept
+        self.scores[slots] = scores[newcomers]
+        self.vectors[slots] = vectors[newcomers]
+        self.keys[slots.numpy()] = np.stack([np.full(newcomers.numel(), layer), np.full(newcomers.numel(), side_index),
+                                             newcomers.numpy()], 1)
+        self.occupied[slots] = True
+
+    def contents(self) -> tuple[np.ndarray, torch.Tensor]:
+        """The keys and vectors of the sides in the pool (in slot order)."""
+        if bool(self.occupied.all()):
+            return self.keys, self.vectors
+        slots = torch.nonzero(self.occupied).flatten()
+        return self.keys[slots.numpy()], self.vectors[slots]
+
+
 def shortlist(reader: WeightReader, unembedding: np.ndarray, token_ids: list[int], count: int,
               sides: tuple[str, ...] = SIDES,
-              sample: int = SAMPLE, screen: int = SCREEN, keep: float = KEEP, seed: int = 0,
+              sample: int = SAMPLE, screen: int = SCREEN, keep: float = KEEP, seed: int = 0, progress: bool = False,
               ) -> tuple[np.ndarray, torch.Tensor]:
     """The ``count`` neuron sides most likely to give ``token_ids`` the most probability, without an atlas.
 
     Every side is screened on ``screen`` sampled tokens as its matrix is read; the best ``keep`` share is kept
-    with its vectors (so no matrix is read twice) and estimated again on ``sample`` tokens.  ``unembedding`` is
+    with its vectors (so no matrix is read twice) and estimated again on ``sample`` tokens (``progress``: a bar
+    over the matrices, the part that grows with the model: ~2 s each for an 8B one).  ``unembedding`` is
     ``reader.unembedding()``, read once by the caller (a GGUF dequantizes it on every call).  Returns keys
     ``[count, 3]`` (layer, index of the side in :data:`SIDES`, neuron) and the sides' raw vectors, best first.
     """
@@ -126,31 +178,27 @@ def shortlist(reader: WeightReader, unembedding: np.ndarray, token_ids: list[int
     rest = np.setdiff1d(np.arange(info.vocab_size), token_ids)
     sampled = np.random.default_rng(seed).choice(rest, size=min(sample, rest.size), replace=False)
     gain = torch.from_numpy(reader.norm_gain())
-    word_columns = torch.from_numpy(unembedding[token_ids]).T.contiguous()
 
-    def columns(tokens: np.ndarray) -> tuple[torch.Tensor, float]:
-        return torch.from_numpy(unembedding[tokens]).T.contiguous(), float(np.log(rest.size / tokens.size))
+    def columns(tokens) -> torch.Tensor:  # the head's columns for these tokens, times the final norm's gain
+        return (torch.from_numpy(unembedding[tokens]).T * gain[:, None]).contiguous()
 
-    screen_columns, screen_scale = columns(sampled[:screen])  # a random part of a random sample: itself uniform
+    word_columns = columns(token_ids)
+    screen_columns, screen_scale = columns(sampled[:screen]), float(np.log(rest.size / min(screen, sampled.size)))
+    sample_columns, sample_scale = columns(sampled), float(np.log(rest.size / sampled.size))
+
+    # The screen's tokens are a random part of a random sample: themselves uniform.
     pool_size = max(count, int(np.ceil(keep * info.n_layers * len(sides) * info.neurons)))
-    pool_scores = torch.empty(0)
-    pool_keys = np.empty((0, 3), dtype=np.int64)
-    pool_vectors = torch.empty((0, info.d_model))
-    for layer, side_index, vectors in read_matrices(reader, overlap=True, sides=sides):
-        vectors = torch.from_numpy(vectors)
-        scores = sampled_estimate(rms_normalize(vectors, gain, info.rms_eps), word_columns, screen_columns,
-                                  screen_scale).amax(1)
-        best = torch.topk(scores, min(pool_size, scores.numel())).indices
-        keys = np.stack([np.full(best.numel(), layer), np.full(best.numel(), side_index), best.numpy()], 1)
-        pool_scores = torch.cat([pool_scores, scores[best]])
-        pool_keys = np.concatenate([pool_keys, keys])
-        pool_vectors = torch.cat([pool_vectors, vectors[best]])
-        if pool_scores.numel() > pool_size:
-            kept = torch.topk(pool_scores, pool_size).indices
-            pool_scores, pool_keys, pool_vectors = pool_scores[kept], pool_keys[kept.numpy()], pool_vectors[kept]
-    sample_columns, sample_scale = columns(sampled)
-    refined = sampled_estimate(rms_normalize(pool_vectors, gain, info.rms_eps), word_columns, sample_columns,
-                               sample_scale).amax(1)
+    pool = _Pool(pool_size, info.d_model)
+    # leave=False: on an error the bar is cleared, so the one-line error message is the last thing shown.
+    with tqdm(total=info.n_layers * len(sides), desc=f"screening {info.label}", unit="matrix",
+              disable=not progress, leave=False) as steps:
+        for layer, side_index, vectors in read_matrices(reader, overlap=True, sides=sides):
+            vectors = torch.from_numpy(vectors)
+            scores = sampled_estimate(vectors, word_columns, screen_columns, screen_scale, info.rms_eps).amax(1)
+            pool.offer(scores, vectors, layer, side_index)
+            steps.update()
+    pool_keys, pool_vectors = pool.contents()
+    refined = sampled_estimate(pool_vectors, word_columns, sample_columns, sample_scale, info.rms_eps).amax(1)
     chosen = torch.topk(refined, min(count, refined.numel())).indices
     return pool_keys[chosen.numpy()], pool_vectors[chosen]
 
@@ -172,14 +220,15 @@ def concept_probs(reader: WeightReader, unembedding: np.ndarray, vectors: torch.
 
 
 def quick_find(reader: WeightReader, word: str, limit: int = 20, sample: int = SAMPLE, decode: int = DECODE,
-               top_k: int = 10, seed: int = 0, screen: int = SCREEN, keep: float = KEEP,
+               top_k: int = 10, seed: int = 0, screen: int = SCREEN, keep: float = KEEP, progress: bool = False,
                ) -> tuple[list[tuple[int, str]], list[NeuronHit]]:
     """:func:`find_word` without an atlas (see the module doc): :func:`shortlist` ``decode`` neuron sides, then
     decode them exactly."""
     variants = word_variants(word, reader.tokens())
     ids = [i for i, _ in variants]
     unembedding = reader.unembedding()
-    keys, vectors = shortlist(reader, unembedding, ids, decode, sample=sample, screen=screen, keep=keep, seed=seed)
+    keys, vectors = shortlist(reader, unembedding, ids, decode, sample=sample, screen=screen, keep=keep, seed=seed,
+                             progress=progress)
     probs, top_ids, _ = concept_probs(reader, unembedding, vectors, ids, top_k)
     best_per_neuron: dict[tuple[int, int], NeuronHit] = {}
     for row, (layer, side_index, neuron) in enumerate(keys.tolist()):

@@ -40,7 +40,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["Precision", "choose_precision", "check_device", "cpu_has_native_bf16", "measured_speedup", "MIN_SPEEDUP"]
+__all__ = ["Precision", "choose_precision", "check_device", "cpu_flags", "cpu_has_native_bf16", "cpu_kind",
+           "measured_speedup", "MIN_SPEEDUP"]
 
 MIN_SPEEDUP = 1.3  # bf16 must beat fp32 by this much on the probe to be used on a CPU
 _PROBE_ROWS = 128  # neurons of the probe decode, at the model's width and vocabulary size
@@ -61,18 +62,33 @@ class Precision:
         return str(self.dtype).removeprefix("torch.")
 
 
-def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
-    """Whether the CPU reports native BF16 arithmetic (``avx512_bf16`` or ``amx_bf16`` in /proc/cpuinfo)."""
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The CPU's feature flags as /proc/cpuinfo lists them (empty where it cannot be read)."""
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
         except OSError:
-            return False
+            return set()
     flags = set()
     for line in cpuinfo.splitlines():
         if line.startswith(("flags", "Features")):
             flags.update(line.split(":", 1)[-1].split())
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    return flags
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU reports native BF16 arithmetic (``avx512_bf16`` or ``amx_bf16`` in /proc/cpuinfo)."""
+    return bool(cpu_flags(cpuinfo) & {"avx512_bf16", "amx_bf16"})
+
+
+def cpu_kind(cpuinfo: str | None = None) -> str:
+    """The widest matrix arithmetic the CPU reports: ``amx``, ``avx512-bf16``, ``avx512``, ``avx2`` or ``other``
+    (names measurements: the same 2-core machine type comes with any of these)."""
+    flags = cpu_flags(cpuinfo)
+    for kind, flag in (("amx", "amx_bf16"), ("avx512-bf16", "avx512_bf16"), ("avx512", "avx512f"), ("avx2", "avx2")):
+        if flag in flags:
+            return kind
+    return "other"
 
 
 def _seconds(dtype: torch.dtype, d_model: int, vocab: int, repeats: int = 2) -> float:

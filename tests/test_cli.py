@@ -139,6 +139,7 @@ def test_find_before_the_atlas_lists_what_it_lists_after(gguf):
     """No atlas cached: `find` estimates, decodes its best candidates exactly, and says so; then `map`."""
     before = run_cli("find", "dog", "--model", gguf, "-n", "5")
     assert before.returncode == 0 and "no atlas" in before.stderr and "exactly" in before.stderr
+    assert "screening" in before.stderr and "0/6" in before.stderr  # a bar over the matrices (3 layers x 2 sides)
     assert run_cli("map", "--model", gguf).returncode == 0
     after = run_cli("find", "dog", "--model", gguf, "-n", "5")
     assert after.returncode == 0 and "no atlas" not in after.stderr

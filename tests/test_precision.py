@@ -9,7 +9,7 @@ import torch
 from steerkit.atlas import atlas_for, build_atlas
 from steerkit.full_decode import candidate_logits, decode_side, head_operands
 from steerkit.decode import rms_normalize
-from steerkit.precision import Precision, choose_precision, cpu_has_native_bf16
+from steerkit.precision import Precision, choose_precision, cpu_has_native_bf16, cpu_kind
 from steerkit.weights import open_weights
 from tiny_models import save_gguf, tiny_model
 
@@ -24,6 +24,11 @@ def test_native_bf16_is_read_from_the_cpu_flags():
     assert cpu_has_native_bf16("Features: fp asimd amx_bf16")
     assert not cpu_has_native_bf16("flags\t\t: fpu sse avx2 fma avx512f avx512_vnni\n")
     assert not cpu_has_native_bf16("")
+    # The kind that names a machine's measurements (bench/results/atlas-8b-cpu-<kind>.json).
+    assert cpu_kind("flags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n") == "amx"
+    assert cpu_kind("flags\t\t: fpu avx2 avx512f avx512_bf16\n") == "avx512-bf16"
+    assert cpu_kind("flags\t\t: fpu avx2 avx512f avx512_vnni\n") == "avx512"
+    assert cpu_kind("flags\t\t: fpu sse avx2 fma\n") == "avx2" and cpu_kind("") == "other"
 
 
 def test_this_machine_chooses_and_the_atlas_records_it(tmp_path):

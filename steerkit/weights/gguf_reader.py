@@ -29,6 +29,18 @@ _DENSE_KINDS = (MODEL_TENSOR.FFN_GATE, MODEL_TENSOR.FFN_UP, MODEL_TENSOR.FFN_DOW
 _EXPERT_KINDS = (MODEL_TENSOR.FFN_GATE_EXP, MODEL_TENSOR.FFN_UP_EXP, MODEL_TENSOR.FFN_DOWN_EXP)
 
 
+def _dequantized(data: np.ndarray, qtype) -> np.ndarray:
+    """A tensor's values as a float32 array of its own (not a view of the mapped file).
+
+    gguf-py returns the mapped bytes themselves for F32 and a new array for other types; only the former needs
+    a copy (copying the latter again cost 2 s of a first ``find`` for an 8B model's F16 head).
+    """
+    values = dequantize(data, qtype)
+    if values.dtype == np.float32 and not np.may_share_memory(values, data):
+        return np.asarray(values)
+    return np.array(values, dtype=np.float32)
+
+
 def _columns(data: np.ndarray, qtype, neurons: np.ndarray, release) -> np.ndarray:
     """Columns ``neurons`` of one ``[rows, cols]`` matrix, transposed, dequantizing only the blocks holding them."""
     block_size, type_size = GGML_QUANT_SIZES[qtype]
@@ -125,7 +137,7 @@ class GGUFWeights(WeightReader):
         """The dequantized tensor, ``[rows, cols]``, or ``[experts, rows, cols]`` for stacked experts."""
         tensor = self._layer_tensor(kind, layer)
         try:
-            values = np.array(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)  # a copy, not a view
+            values = _dequantized(tensor.data, tensor.tensor_type)
         except NotImplementedError as exc:
             raise SteerkitError(
                 f"{self.path}: tensor {tensor.name} has type {tensor.tensor_type.name}, which gguf-py cannot dequantize"
@@ -165,11 +177,11 @@ class GGUFWeights(WeightReader):
     def norm_gain(self) -> np.ndarray:
         # Gemma's GGUF norm weights already hold 1 + w: no offset here.
         tensor = self._tensor("output_norm.weight")
-        return np.array(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32).reshape(-1)
+        return _dequantized(tensor.data, tensor.tensor_type).reshape(-1)
 
     def unembedding(self) -> np.ndarray:
         tensor = self._tensor("output.weight", self._tensors.get("token_embd.weight"))
-        return np.array(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
+        return _dequantized(tensor.data, tensor.tensor_type)
 
     def tokens(self) -> list[str]:
         if self._token_strings is None:
