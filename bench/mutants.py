@@ -159,6 +159,9 @@ MUTANTS: dict[str, tuple[str, str, str, list[str]]] = {
     "find: the screen drops the final norm's gain": (
         "steerkit/find.py", "(torch.from_numpy(unembedding[tokens]).T * gain[:, None]).contiguous()",
         "torch.from_numpy(unembedding[tokens]).T.contiguous()", ["tests/test_find.py"]),
+    "gguf reader: a shortlist's up rows read from the wrong neurons": (
+        "steerkit/weights/gguf_reader.py", "data[np.asarray(neurons, dtype=np.int64)]", "data[:len(neurons)]",
+        ["tests/test_decode.py", "tests/test_experts.py"]),
     "candidates: the shortlist's read and write sides swapped": (
         "steerkit/candidates.py", "read, write = probs[:len(keys)], probs[len(keys):]",
         "write, read = probs[:len(keys)], probs[len(keys):]", ["tests/test_discover.py"]),

@@ -75,9 +75,9 @@ def _rank_shortlist(reader: WeightReader, concept: Concept, limit: int, shortlis
     keys, write_vectors = shortlist(reader, unembedding, ids, shortlisted, sides=("write",))
     layers, neurons = keys[:, 0], keys[:, 2]
     read_vectors = torch.empty_like(write_vectors)
-    for layer in np.unique(layers):  # read sides of the shortlisted neurons: one up matrix per layer that has any
+    for layer in np.unique(layers):  # read sides of the shortlisted neurons: only their rows of each up matrix
         rows = np.nonzero(layers == layer)[0]
-        read_vectors[rows] = torch.from_numpy(reader.up_rows(int(layer))[neurons[rows]])
+        read_vectors[rows] = torch.from_numpy(reader.up_rows_of(int(layer), neurons[rows]))
     probs, top_ids, top_probs = concept_probs(reader, unembedding, torch.cat([read_vectors, write_vectors]), ids)
     read, write = probs[:len(keys)], probs[len(keys):]
     return _ranked(layers, neurons, torch.cat([read, write], 1).numpy(), top_probs[len(keys):, :, 0].numpy(),

@@ -65,7 +65,7 @@ def test_gguf_and_hf_readers_agree(tiny):
 
 
 @pytest.mark.parametrize("ffn_type", ["Q8_0", "Q4_1", None])
-def test_down_columns_reads_only_needed_blocks_exactly(tmp_path, ffn_type):
+def test_down_columns_and_up_rows_read_only_needed_blocks_exactly(tmp_path, ffn_type):
     from gguf import GGMLQuantizationType
 
     from tiny_models import save_gguf, tiny_model
@@ -75,3 +75,4 @@ def test_down_columns_reads_only_needed_blocks_exactly(tmp_path, ffn_type):
     reader = open_weights(str(save_gguf(model, tmp_path / "m.gguf", ffn_type=qtype)))
     neurons = np.array([95, 0, 33, 32, 64, 33])
     np.testing.assert_array_equal(reader.down_columns(1, neurons), reader.down_cols(1)[neurons])
+    np.testing.assert_array_equal(reader.up_rows_of(1, neurons), reader.up_rows(1)[neurons])

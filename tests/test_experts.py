@@ -70,6 +70,7 @@ def test_readers_stack_experts_in_flat_order(moe, tmp_path):
             np.testing.assert_allclose(reader.down_cols(layer), down, atol=tol, rtol=0)
             some = np.array([0, 31, 32, 77, 127])  # both ends of the first two experts, and the last neuron
             assert np.array_equal(reader.down_columns(layer, some), reader.down_cols(layer)[some])
+            assert np.array_equal(reader.up_rows_of(layer, some), reader.up_rows(layer)[some])
 
 
 def test_binding_matches_between_model_folder_and_gguf(moe, tmp_path):

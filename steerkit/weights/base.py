@@ -60,6 +60,10 @@ class WeightReader(ABC):
         """``W_down[:, neurons]`` transposed, ``[n, d_model]`` (readers may avoid reading the whole matrix)."""
         return self.down_cols(layer)[np.asarray(neurons)]
 
+    def up_rows_of(self, layer: int, neurons: np.ndarray) -> np.ndarray:
+        """``W_up[neurons]``, ``[n, d_model]`` (readers may avoid reading the whole matrix)."""
+        return self.up_rows(layer)[np.asarray(neurons)]
+
     def down_offset(self, layer: int, neurons: np.ndarray, amounts: np.ndarray) -> np.ndarray:
         """``sum_j amounts[j] * W_down[:, neurons[j]]``, ``[d_model]`` float32: what constant activations add.
 

@@ -136,14 +136,18 @@ class GGUFWeights(WeightReader):
     def _matrix(self, kind: MODEL_TENSOR, layer: int) -> np.ndarray:
         """The dequantized tensor, ``[rows, cols]``, or ``[experts, rows, cols]`` for stacked experts."""
         tensor = self._layer_tensor(kind, layer)
+        values = self._values(tensor, tensor.data)
+        self.file.release(tensor)  # keep resident memory at one layer, not the whole file
+        return values
+
+    def _values(self, tensor, data: np.ndarray) -> np.ndarray:
+        """``data`` (all or some rows of ``tensor``) dequantized; a one-line error for a type gguf-py lacks."""
         try:
-            values = _dequantized(tensor.data, tensor.tensor_type)
+            return _dequantized(data, tensor.tensor_type)
         except NotImplementedError as exc:
             raise SteerkitError(
                 f"{self.path}: tensor {tensor.name} has type {tensor.tensor_type.name}, which gguf-py cannot dequantize"
             ) from exc
-        self.file.release(tensor)  # keep resident memory at one layer, not the whole file
-        return values
 
     def up_rows(self, layer: int) -> np.ndarray:
         return self._matrix(self._kinds[1], layer).reshape(-1, self.info.d_model)
@@ -154,6 +158,15 @@ class GGUFWeights(WeightReader):
     def down_cols(self, layer: int) -> np.ndarray:
         down = self._matrix(self._kinds[2], layer)  # [d, d_ff] or [experts, d, d_ff]
         return np.ascontiguousarray(np.swapaxes(down, -1, -2).reshape(-1, self.info.d_model))
+
+    def up_rows_of(self, layer: int, neurons: np.ndarray) -> np.ndarray:
+        """``W_up[neurons]``, ``[n, d_model]``, dequantizing only those rows (whole quant blocks, since a row of
+        ``ffn_up`` is one neuron: for an 8B model 0.36 s per matrix less than reading all of it)."""
+        tensor = self._layer_tensor(self._kinds[1], layer)
+        data = tensor.data.reshape(-1, tensor.data.shape[-1])  # experts stacked: flat neuron index
+        values = self._values(tensor, np.ascontiguousarray(data[np.asarray(neurons, dtype=np.int64)]))
+        self.file.release(tensor)
+        return values.reshape(-1, self.info.d_model)
 
     def down_columns(self, layer: int, neurons: np.ndarray) -> np.ndarray:
         """``W_down[:, neurons]`` transposed, ``[n, d_model]``, dequantizing only the blocks that hold them.
