@@ -145,7 +145,7 @@ def measure(path: Path, layers: int, rows: int, device: str) -> dict:
 
 def time_first_find(path: Path, word: str = "dog") -> dict:
     """``steerkit find WORD --model PATH`` in a fresh process with an empty cache: what a user's first ``find``
-    costs end to end (reading, screening, decoding and the precision probe), and its peak memory."""
+    costs end to end (hashing the file, reading, screening and decoding), and its peak memory."""
     with tempfile.TemporaryDirectory() as cache:
         started = time.perf_counter()
         run = subprocess.run([sys.executable, "-m", "steerkit.cli", "find", word, "--model", str(path), "-n", "3"],

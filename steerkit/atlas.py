@@ -197,7 +197,7 @@ def atlas_path(fingerprint: str, top_k: int, dtype: str = "float32") -> Path:
 def cached_atlas(reader: WeightReader, top_k: int = 10, device: str = "cpu") -> Atlas | None:
     """The model's atlas if the cache holds a readable one (for ``device``'s precision), else ``None``."""
     fingerprint = reader.fingerprint()
-    if not any(atlas_path(fingerprint, top_k).parent.glob(f"{fingerprint[:24]}-k{top_k}-*.npz")):
+    if not any(atlas_path(fingerprint, top_k, dtype).is_file() for dtype in ("float32", "bfloat16")):
         return None  # none in any precision: no need to probe which one this machine picks (~10 s for an 8B)
     path = atlas_path(fingerprint, top_k, choose_precision(device, reader.info.d_model, reader.info.vocab_size).label)
     if path.is_file():

@@ -170,7 +170,7 @@ def shortlist(reader: WeightReader, unembedding: np.ndarray, token_ids: list[int
 
     Every side is screened on ``screen`` sampled tokens as its matrix is read; the best ``keep`` share is kept
     with its vectors (so no matrix is read twice) and estimated again on ``sample`` tokens (``progress``: a bar
-    over the matrices, the part that grows with the model: ~2 s each for an 8B one).  ``unembedding`` is
+    over the matrices, the part that grows with the model: about 1 s each for an 8B one).  ``unembedding`` is
     ``reader.unembedding()``, read once by the caller (a GGUF dequantizes it on every call).  Returns keys
     ``[count, 3]`` (layer, index of the side in :data:`SIDES`, neuron) and the sides' raw vectors, best first.
     """
@@ -182,11 +182,9 @@ def shortlist(reader: WeightReader, unembedding: np.ndarray, token_ids: list[int
     def columns(tokens) -> torch.Tensor:  # the head's columns for these tokens, times the final norm's gain
         return (torch.from_numpy(unembedding[tokens]).T * gain[:, None]).contiguous()
 
-    word_columns = columns(token_ids)
-    screen_columns, screen_scale = columns(sampled[:screen]), float(np.log(rest.size / min(screen, sampled.size)))
-    sample_columns, sample_scale = columns(sampled), float(np.log(rest.size / sampled.size))
-
-    # The screen's tokens are a random part of a random sample: themselves uniform.
+    screened = sampled[:screen]  # a random part of a random sample: itself uniform
+    word_columns, screen_columns, sample_columns = columns(token_ids), columns(screened), columns(sampled)
+    screen_scale, sample_scale = float(np.log(rest.size / screened.size)), float(np.log(rest.size / sampled.size))
     pool_size = max(count, int(np.ceil(keep * info.n_layers * len(sides) * info.neurons)))
     pool = _Pool(pool_size, info.d_model)
     # leave=False: on an error the bar is cleared, so the one-line error message is the last thing shown.
